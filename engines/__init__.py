@@ -1,0 +1,30 @@
+"""The engine: model repository, execution instances and backends. No gRPC here."""
+
+from inferd.engines.client import EngineClient, InProcessEngineClient
+from inferd.engines.engine import Engine, ModelInfo
+from inferd.engines.errors import EngineError, ErrorCode
+from inferd.engines.types import (
+    InferRequest,
+    InferResponse,
+    InputTensor,
+    ModelIndexEntry,
+    ModelState,
+    OutputTensor,
+)
+from inferd.engines.validation import TensorSpec
+
+__all__ = [
+    "Engine",
+    "EngineClient",
+    "EngineError",
+    "ErrorCode",
+    "InProcessEngineClient",
+    "InferRequest",
+    "InferResponse",
+    "InputTensor",
+    "ModelIndexEntry",
+    "ModelInfo",
+    "ModelState",
+    "OutputTensor",
+    "TensorSpec",
+]

@@ -1,0 +1,58 @@
+"""The narrow interface every runtime (ONNX Runtime, TensorRT, torch, ...) implements."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from inferd.protos import model_config_pb2
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceSpec:
+    """Where one execution instance runs: its index within the model, kind and device."""
+
+    index: int
+    kind: str  # "CPU" or "GPU"
+    device: int | None = None  # GPU ordinal for GPU instances
+
+
+class BackendInstance(abc.ABC):
+    """One loaded copy of a model. ``infer`` is called from one instance thread at a time."""
+
+    @abc.abstractmethod
+    def infer(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """Run the model; inputs already match the config. Returns the named outputs."""
+
+    def close(self) -> None:  # noqa: B027 - most runtimes free everything on garbage collection
+        """Release the instance's resources."""
+
+
+class Backend(abc.ABC):
+    """A runtime, registered by name; a stateless factory of instances."""
+
+    name: ClassVar[str]  # the config's `backend` field, e.g. "onnxruntime"
+    platforms: ClassVar[tuple[str, ...]]  # the config's `platform` names it serves
+    default_model_filename: ClassVar[str]
+
+    @abc.abstractmethod
+    def complete_config(
+        self,
+        model_path: Path,
+        config: model_config_pb2.ModelConfig,
+    ) -> None:
+        """Fill in what the config leaves out (tensors, types, dims, batching) from the model
+        file, in place, and fail with a message naming the mismatch where they disagree."""
+
+    @abc.abstractmethod
+    def load(
+        self, model_path: Path, config: model_config_pb2.ModelConfig, instance: InstanceSpec
+    ) -> BackendInstance:
+        """Build one execution instance."""

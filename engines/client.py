@@ -1,0 +1,59 @@
+"""How front ends reach the engine: a small interface with, for now, one in-process
+implementation. A multi-process implementation (front processes feeding one engine
+process per GPU) slots in behind the same methods without touching the servicers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Protocol
+
+from inferd.engines.engine import Engine, ModelInfo
+from inferd.engines.types import InferRequest, InferResponse, ModelIndexEntry
+
+
+class EngineClient(Protocol):
+    async def start(self) -> None:
+        """Load the repository; returns once every model has loaded or failed."""
+
+    def is_ready(self) -> bool: ...
+
+    def model_info(self, name: str, version: int | None) -> ModelInfo:
+        """Raises EngineError(NOT_FOUND) for an unknown model or version."""
+
+    def repository_index(self, ready_only: bool) -> list[ModelIndexEntry]: ...
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Run one request. Cancelling the awaiting task aborts it: queued work is dropped."""
+
+    async def close(self) -> None:
+        """Finish queued work and release every model."""
+
+
+class InProcessEngineClient:
+    """The engine in this process; model work runs on its instance threads, off the loop."""
+
+    def __init__(self, repository: Path) -> None:
+        self._engine = Engine(repository)
+        self._ready = False
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._engine.load_all)
+        self._ready = True
+
+    def is_ready(self) -> bool:
+        return self._ready
+
+    def model_info(self, name: str, version: int | None) -> ModelInfo:
+        return self._engine.model_info(name, version)
+
+    def repository_index(self, ready_only: bool) -> list[ModelIndexEntry]:
+        return self._engine.repository_index(ready_only)
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        return await self._engine.infer(request)
+
+    async def close(self) -> None:
+        self._ready = False
+        await asyncio.to_thread(self._engine.close)

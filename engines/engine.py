@@ -1,0 +1,110 @@
+"""The engine: a model repository's loaded models, and the requests they serve."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from inferd.engines.errors import EngineError, ErrorCode
+from inferd.engines.model import ModelVersion
+from inferd.engines.repository import LoadedModel, load_model, model_directories
+from inferd.engines.types import InferRequest, InferResponse, ModelIndexEntry, ModelState
+from inferd.engines.validation import TensorSpec
+from inferd.protos import model_config_pb2
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What a front end needs to know about one servable model version."""
+
+    name: str
+    version: int
+    ready_versions: tuple[int, ...]
+    platform: str
+    max_batch_size: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    config: model_config_pb2.ModelConfig
+
+
+class Engine:
+    def __init__(self, repository: Path) -> None:
+        self.repository = repository
+        self._models: dict[str, LoadedModel] = {}
+
+    def load_all(self, parallelism: int = 4) -> None:
+        """Load every model in the repository (blocking: call it off the event loop)."""
+        if not self.repository.is_dir():
+            raise EngineError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"model repository {self.repository} does not exist or is not a directory",
+            )
+        directories = model_directories(self.repository)
+        with ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="inferd-load") as pool:
+            for loaded in pool.map(load_model, directories):
+                self._models[loaded.name] = loaded
+
+    def model(self, name: str, version: int | None) -> ModelVersion:
+        """The version asked for, or the newest ready one; NOT_FOUND names what was asked."""
+        loaded = self._models.get(name)
+        if loaded is None:
+            raise EngineError(
+                ErrorCode.NOT_FOUND, f"Request for unknown model: '{name}' is not found"
+            )
+        if version is None:
+            if not loaded.versions:
+                raise EngineError(
+                    ErrorCode.NOT_FOUND,
+                    f"Request for unknown model: '{name}' has no available versions",
+                )
+            return loaded.versions[max(loaded.versions)]
+        found = loaded.versions.get(version)
+        if found is None:
+            if str(version) in loaded.failures:
+                raise EngineError(
+                    ErrorCode.UNAVAILABLE,
+                    f"Request for unknown model: '{name}' version {version} is not at ready state",
+                )
+            raise EngineError(
+                ErrorCode.NOT_FOUND,
+                f"Request for unknown model: '{name}' version {version} is not found",
+            )
+        return found
+
+    def model_info(self, name: str, version: int | None) -> ModelInfo:
+        model = self.model(name, version)
+        ready = (
+            (model.version,) if version is not None else tuple(sorted(self._models[name].versions))
+        )
+        return ModelInfo(
+            name=model.name,
+            version=model.version,
+            ready_versions=ready,
+            platform=model.config.platform or model.config.backend,
+            max_batch_size=model.max_batch_size,
+            inputs=model.inputs,
+            outputs=model.outputs,
+            config=model.config,
+        )
+
+    def repository_index(self, ready_only: bool) -> list[ModelIndexEntry]:
+        entries = [
+            entry for name in sorted(self._models) for entry in self._models[name].index_entries()
+        ]
+        if ready_only:
+            entries = [entry for entry in entries if entry.state is ModelState.READY]
+        return entries
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        return await self.model(request.model_name, request.model_version).infer(request)
+
+    def close(self) -> None:
+        """Drain and stop every model's instances (blocking)."""
+        for loaded in self._models.values():
+            for model in loaded.versions.values():
+                model.close()
+        self._models.clear()

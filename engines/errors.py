@@ -1,0 +1,43 @@
+"""The engine's error ladder: one exception type, one code per kind of failure.
+
+The server maps each code to a gRPC status in one place (``inferd.server.status``), so
+engine code says what went wrong, never how a transport reports it.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(enum.Enum):
+    INVALID_ARGUMENT = "invalid argument"  # the request is wrong; retrying cannot help
+    NOT_FOUND = "not found"  # unknown model or version
+    UNAVAILABLE = "unavailable"  # overloaded, loading or shutting down; retry later
+    DEADLINE_EXCEEDED = "deadline exceeded"
+    CANCELLED = "cancelled"
+    UNSUPPORTED = "unsupported"  # valid protocol, not implemented by inferd
+    INTERNAL = "internal"  # a bug or a backend failure
+
+
+class EngineError(Exception):
+    """A failure with a code and a message meant for the client to read."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"EngineError({self.code.name}, {self.message!r})"
+
+
+def invalid_argument(message: str) -> EngineError:
+    return EngineError(ErrorCode.INVALID_ARGUMENT, message)
+
+
+def not_found(message: str) -> EngineError:
+    return EngineError(ErrorCode.NOT_FOUND, message)
+
+
+def unavailable(message: str) -> EngineError:
+    return EngineError(ErrorCode.UNAVAILABLE, message)

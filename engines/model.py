@@ -1,0 +1,77 @@
+"""A loaded model version: its completed config, tensor specs and execution instances."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from inferd.engines.executor import InstancePool
+from inferd.engines.types import InferRequest, InferResponse, OutputTensor
+from inferd.engines.validation import TensorSpec, validate_request
+from inferd.protos import model_config_pb2
+from inferd.protos.datatypes import NUMPY_DTYPES, config_type_to_datatype
+
+
+def tensor_specs(
+    tensors: Iterable[model_config_pb2.ModelInput | model_config_pb2.ModelOutput],
+) -> tuple[TensorSpec, ...]:
+    specs = []
+    for tensor in tensors:
+        type_name = model_config_pb2.DataType.Name(tensor.data_type)
+        specs.append(
+            TensorSpec(
+                name=tensor.name,
+                datatype=config_type_to_datatype(type_name),
+                dims=tuple(tensor.dims),
+                optional=isinstance(tensor, model_config_pb2.ModelInput) and tensor.optional,
+                reshape=tuple(tensor.reshape.shape) if tensor.HasField("reshape") else None,
+            )
+        )
+    return tuple(specs)
+
+
+class ModelVersion:
+    """One servable version; `infer` validates, then runs on a free execution instance."""
+
+    def __init__(
+        self, config: model_config_pb2.ModelConfig, version: int, pool: InstancePool
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.version = version
+        self.max_batch_size = config.max_batch_size
+        self.inputs = tensor_specs(config.input)
+        self.outputs = tensor_specs(config.output)
+        self._input_specs = {spec.name: spec for spec in self.inputs}
+        self._pool = pool
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        batch_size = validate_request(request, self.inputs, self.outputs, self.max_batch_size)
+        feed = {}
+        for tensor in request.inputs:
+            reshape = self._input_specs[tensor.name].reshape
+            data = tensor.array
+            assert data is not None  # validate_request filled it
+            if reshape is not None:
+                prefix = (batch_size,) if self.max_batch_size > 0 else ()
+                data = data.reshape(prefix + reshape)
+            feed[tensor.name] = data
+        wanted = request.requested_outputs
+        names = [spec.name for spec in self.outputs if not wanted or spec.name in wanted]
+        results = await self._pool.run(feed, names, request.deadline)
+        outputs = []
+        for spec in self.outputs:
+            if spec.name not in results:
+                continue
+            data = results[spec.name]
+            if spec.reshape is not None:
+                prefix = (batch_size,) if self.max_batch_size > 0 else ()
+                data = data.reshape(prefix + tuple(spec.dims))
+            # A runtime may widen or narrow a type; the config's datatype is the contract.
+            data = np.asarray(data).astype(NUMPY_DTYPES[spec.datatype], copy=False)
+            outputs.append(OutputTensor(spec.name, spec.datatype, data))
+        return InferResponse(self.name, self.version, request.request_id, outputs)
+
+    def close(self) -> None:
+        self._pool.close()

@@ -1,0 +1,150 @@
+"""A model repository in Triton's layout: ``<repo>/<model>/config.pbtxt`` and
+``<repo>/<model>/<version>/<model file>``.
+
+Loading never raises for one bad model: its failure becomes an UNAVAILABLE entry with
+the reason, and every other model still loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from inferd.engines.backends import Backend, InstanceSpec, resolve_backend
+from inferd.engines.config import read_config, select_versions, validate_config, version_directories
+from inferd.engines.errors import EngineError, ErrorCode
+from inferd.engines.executor import InstancePool
+from inferd.engines.model import ModelVersion
+from inferd.engines.types import ModelIndexEntry, ModelState
+from inferd.protos import model_config_pb2
+
+logger = logging.getLogger(__name__)
+
+# Triton's default when a config names no instance_group: two CPU instances.
+DEFAULT_CPU_INSTANCE_COUNT = 2
+# Requests waiting per model version beyond those running; full -> UNAVAILABLE at once.
+DEFAULT_QUEUE_CAPACITY = 1024
+
+
+@dataclass(slots=True)
+class LoadedModel:
+    """Everything known about one model directory, whether or not it loaded."""
+
+    name: str
+    config: model_config_pb2.ModelConfig | None = None
+    versions: dict[int, ModelVersion] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)  # version ("" = whole model) -> why
+
+    def index_entries(self) -> list[ModelIndexEntry]:
+        entries = [
+            ModelIndexEntry(self.name, str(version), ModelState.READY)
+            for version in sorted(self.versions)
+        ]
+        entries += [
+            ModelIndexEntry(self.name, version, ModelState.UNAVAILABLE, reason)
+            for version, reason in sorted(self.failures.items())
+        ]
+        return entries
+
+
+def _instance_specs(config: model_config_pb2.ModelConfig) -> list[InstanceSpec]:
+    groups = list(config.instance_group)
+    if not groups:
+        group = config.instance_group.add()
+        group.kind = model_config_pb2.ModelInstanceGroup.KIND_CPU
+        group.count = DEFAULT_CPU_INSTANCE_COUNT
+        groups = [group]
+    specs: list[InstanceSpec] = []
+    for position, group in enumerate(groups):
+        if not group.name:
+            group.name = config.name if len(groups) == 1 else f"{config.name}_{position}"
+        kind = model_config_pb2.ModelInstanceGroup.Kind.Name(group.kind).removeprefix("KIND_")
+        if kind == "AUTO":
+            kind = "CPU"  # no GPU backend is wired in this build
+            group.kind = model_config_pb2.ModelInstanceGroup.KIND_CPU
+        if group.count < 1:
+            group.count = 1
+        devices: list[int | None] = list(group.gpus) if kind == "GPU" and group.gpus else [None]
+        for device in devices:
+            for _ in range(group.count):
+                specs.append(InstanceSpec(index=len(specs), kind=kind, device=device))
+    return specs
+
+
+def _load_version(
+    backend: Backend, model_dir: Path, config: model_config_pb2.ModelConfig, version: int
+) -> ModelVersion:
+    model_path = model_dir / str(version) / config.default_model_filename
+    if not model_path.exists():
+        raise FileNotFoundError(f"model file {model_path} does not exist")
+    instances = [backend.load(model_path, config, spec) for spec in _instance_specs(config)]
+    pool = InstancePool(f"{config.name}:{version}", instances, DEFAULT_QUEUE_CAPACITY)
+    return ModelVersion(config, version, pool)
+
+
+def load_model(model_dir: Path) -> LoadedModel:
+    """Read, complete and validate one model's config, then load the versions it selects."""
+    loaded = LoadedModel(model_dir.name)
+    try:
+        config = read_config(model_dir)
+        available = version_directories(model_dir)
+        if not available:
+            raise EngineError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"model '{model_dir.name}' has no version directories (expected {model_dir}/1/...)",
+            )
+        backend = resolve_backend(config, model_dir / str(available[-1]))
+        if not config.default_model_filename:
+            config.default_model_filename = backend.default_model_filename
+        backend.complete_config(
+            model_dir / str(available[-1]) / config.default_model_filename, config
+        )
+        if not config.HasField("version_policy"):
+            config.version_policy.latest.num_versions = 1
+        validate_config(config)
+        _instance_specs(config)  # fills the default instance_group into the reported config
+        selected = select_versions(config, available)
+    except Exception as exc:  # one broken model must not stop the others
+        reason = _reason(exc)
+        logger.error("failed to load model '%s': %s", model_dir.name, reason)
+        loaded.failures[""] = reason
+        return loaded
+    loaded.config = config
+    for version in selected:
+        try:
+            loaded.versions[version] = _load_version(backend, model_dir, config, version)
+            logger.info("loaded model '%s' version %d", config.name, version)
+        except Exception as exc:
+            reason = _reason(exc)
+            logger.error("failed to load model '%s' version %d: %s", config.name, version, reason)
+            loaded.failures[str(version)] = reason
+    return loaded
+
+
+# Triton prefixes a load failure's reason with its status in words.
+_REASON_PREFIX = {
+    ErrorCode.INVALID_ARGUMENT: "Invalid argument",
+    ErrorCode.NOT_FOUND: "Not found",
+    ErrorCode.UNAVAILABLE: "Unavailable",
+    ErrorCode.UNSUPPORTED: "Unsupported",
+}
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, EngineError):
+        return f"{_REASON_PREFIX.get(exc.code, 'Internal')}: {exc.message}"
+    return f"Internal: {type(exc).__name__}: {exc}"
+
+
+def model_directories(repository: Path) -> list[Path]:
+    """The model directories of a repository, by name; hidden entries are skipped."""
+    return sorted(
+        (
+            Path(entry.path)
+            for entry in os.scandir(repository)
+            if entry.is_dir() and not entry.name.startswith(".")
+        ),
+        key=lambda path: path.name,
+    )

@@ -1,0 +1,176 @@
+"""Checking a request against its model's config: pure logic, no I/O.
+
+The checks run in Triton's order (requested outputs, input count, input names and
+batch size, then per input: datatype, shape, data size) and keep Triton's wording,
+including the ``[request id: ...]`` prefix on the checks Triton's core makes, because
+clients match on it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from inferd.engines.errors import EngineError, ErrorCode
+from inferd.engines.types import InferRequest, InputTensor
+from inferd.protos.datatypes import NUMPY_DTYPES, decode_bytes_tensor
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    name: str
+    datatype: str  # protocol name: INT32, BYTES, ...
+    dims: tuple[int, ...]  # without the batch dimension; -1 is variable
+    optional: bool = False
+    reshape: tuple[int, ...] | None = None  # the shape the model itself takes, if different
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    return "[" + ",".join(str(dim) for dim in shape) + "]"
+
+
+def _names_text(names: Sequence[str]) -> str:
+    return "[" + ",".join(f"'{name}'" for name in names) + "]"
+
+
+def _matches(shape: Sequence[int], dims: Sequence[int]) -> bool:
+    return len(shape) == len(dims) and all(
+        want == -1 or got == want for got, want in zip(shape, dims, strict=True)
+    )
+
+
+_BATCH_NOTE = (
+    "NOTE: Setting a non-zero max_batch_size in the model config requires a batch dimension "
+    "to be prepended to each input shape. If you want to specify the full shape including "
+    "the batch dim in your input dims config, try setting max_batch_size to zero. See the "
+    "model configuration docs for more info on max_batch_size."
+)
+
+
+class _Checker:
+    def __init__(self, request: InferRequest) -> None:
+        self.model = request.model_name
+        self.prefix = f"[request id: {request.request_id or '<id_unknown>'}] "
+
+    def fail(self, message: str, *, prefixed: bool = True) -> EngineError:
+        return EngineError(ErrorCode.INVALID_ARGUMENT, (self.prefix if prefixed else "") + message)
+
+
+def validate_request(
+    request: InferRequest,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+    max_batch_size: int,
+) -> int:
+    """Raise EngineError for the first mismatch; fill each input's ``array``.
+
+    Returns the request's batch size (1 for models without batching).
+    """
+    check = _Checker(request)
+    model = check.model
+    specs = {spec.name: spec for spec in inputs}
+
+    output_names = {spec.name for spec in outputs}
+    for name in request.requested_outputs:
+        if name not in output_names:
+            raise check.fail(
+                f"unexpected inference output '{name}' for model '{model}'", prefixed=False
+            )
+
+    given = [tensor.name for tensor in request.inputs]
+    seen: set[str] = set()
+    for name in given:
+        if name in seen:
+            raise check.fail(f"input '{name}' already exists in request")
+        seen.add(name)
+
+    required = [spec.name for spec in inputs if not spec.optional]
+    missing = [name for name in required if name not in seen]
+    if missing or len(given) > len(inputs):
+        if len(required) == len(inputs):
+            expected = f"expected {len(inputs)} inputs"
+        else:
+            expected = f"expected number of inputs between {len(required)} and {len(inputs)}"
+        raise check.fail(
+            f"{expected} but got {len(given)} inputs for model '{model}'. Got input(s) "
+            f"{_names_text(given)}, but missing required input(s) {_names_text(missing)}. "
+            "Please provide all required input(s)."
+        )
+
+    batch_size: int | None = None
+    for tensor in request.inputs:
+        if tensor.name not in specs:
+            raise check.fail(
+                f"unexpected inference input '{tensor.name}' for model '{model}'",
+                prefixed=False,
+            )
+        if max_batch_size > 0:
+            if not tensor.shape:
+                raise check.fail(
+                    f"input '{tensor.name}' has no shape but model requires batch dimension "
+                    f"for '{model}'"
+                )
+            if batch_size is None:
+                batch_size = tensor.shape[0]
+            elif tensor.shape[0] != batch_size:
+                raise check.fail(
+                    f"input '{tensor.name}' batch size does not match other inputs for '{model}'"
+                )
+    if batch_size is not None and not 0 <= batch_size <= max_batch_size:
+        raise check.fail(f"inference request batch-size must be <= {max_batch_size} for '{model}'")
+
+    for tensor in request.inputs:
+        spec = specs[tensor.name]
+        if tensor.datatype != spec.datatype:
+            raise check.fail(
+                f"inference input '{tensor.name}' data-type is '{tensor.datatype}', but model "
+                f"'{model}' expects '{spec.datatype}'"
+            )
+        if any(dim < 0 for dim in tensor.shape):
+            raise check.fail(
+                f"All input dimensions should be specified for input '{tensor.name}' for "
+                f"model '{model}', got {shape_text(tensor.shape)}"
+            )
+        expected = (-1, *spec.dims) if max_batch_size > 0 else spec.dims
+        if not _matches(tensor.shape, expected):
+            note = _BATCH_NOTE if max_batch_size > 0 else ""
+            raise check.fail(
+                f"unexpected shape for input '{tensor.name}' for model '{model}'. Expected "
+                f"{shape_text(expected)}, got {shape_text(tensor.shape)}. {note}"
+            )
+        tensor.array = _materialize(check, tensor)
+
+    return batch_size if batch_size is not None else 1
+
+
+def _materialize(check: _Checker, tensor: InputTensor) -> np.ndarray:
+    """The input's data as an ndarray of its shape, once its size is known to fit."""
+    count = math.prod(tensor.shape)
+    where = f"inference input '{tensor.name}' for model '{check.model}'"
+    if isinstance(tensor.data, np.ndarray):  # from typed contents
+        flat = tensor.data
+        if len(flat) != count:
+            if tensor.datatype == "BYTES":
+                raise check.fail(f"expected {count} string elements for {where}, got {len(flat)}")
+            size = NUMPY_DTYPES[tensor.datatype].itemsize
+            raise check.fail(
+                f"input byte size mismatch for input '{tensor.name}' for model "
+                f"'{check.model}'. Expected {count * size}, got {len(flat) * size}"
+            )
+        return flat.reshape(tensor.shape)
+    if tensor.datatype == "BYTES":
+        try:
+            return decode_bytes_tensor(tensor.data, count, where).reshape(tensor.shape)
+        except ValueError as exc:
+            raise check.fail(str(exc)) from None
+    dtype = NUMPY_DTYPES[tensor.datatype]
+    expected_bytes = count * dtype.itemsize
+    if len(tensor.data) != expected_bytes:
+        raise check.fail(
+            f"input byte size mismatch for input '{tensor.name}' for model '{check.model}'. "
+            f"Expected {expected_bytes}, got {len(tensor.data)}"
+        )
+    return np.frombuffer(tensor.data, dtype=dtype).reshape(tensor.shape)
