@@ -1,0 +1,5 @@
+import sys
+
+from inferd.server.cli import main
+
+sys.exit(main())

@@ -1,0 +1,162 @@
+"""The server's lifecycle: start, serve until a signal, drain, stop.
+
+Signals only set a flag. The first SIGTERM/SIGINT turns health to NOT_SERVING, stops
+accepting RPCs and gives in-flight ones ``grace_period_s`` to finish; a second signal
+exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from inferd.engines import EngineClient, InProcessEngineClient
+from inferd.protos import grpc_service_pb2_grpc
+from inferd.server.config import ServerConfig
+from inferd.server.reflection import INFERENCE_SERVICE, enable_reflection
+from inferd.server.servicer import InferenceServicer
+
+logger = logging.getLogger("inferd.server")
+
+
+def _grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.so_reuseport", int(config.reuse_port)),
+        # Triton's clients keep connections alive with pings and no data; never punish that.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", 1000),
+    ]
+
+
+def _repository(config: ServerConfig) -> Path:
+    if config.model_repository is not None:
+        return config.model_repository
+    from inferd.engines.demo_repository import cached_demo_repository
+
+    path = cached_demo_repository()
+    logger.info("no --model-repository given: serving the demo repository at %s", path)
+    return path
+
+
+class InferenceServer:
+    """An inferd gRPC server; ``async with`` it in tests, ``serve()`` it in production."""
+
+    def __init__(self, config: ServerConfig, engine: EngineClient | None = None) -> None:
+        self.config = config
+        self._engine = engine
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._servicer: InferenceServicer | None = None
+        self.addresses: list[str] = []
+        self._should_exit = asyncio.Event()
+        self._signals_received = 0
+
+    async def start(self) -> None:
+        if self._engine is None:
+            self._engine = InProcessEngineClient(_repository(self.config))
+        self._servicer = InferenceServicer(self._engine)
+        server = grpc.aio.server(
+            options=_grpc_options(self.config),
+            maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
+        )
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self._servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        enable_reflection(server)
+        for address in self.config.addresses():
+            self.addresses.append(self._bind(server, address))
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await server.start()
+        self._server = server
+        logger.info("listening on %s", ", ".join(self.addresses))
+        await self._engine.start()
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        index = self._engine.repository_index(ready_only=False)
+        failed = [entry for entry in index if entry.state.value != "READY"]
+        logger.info(
+            "ready: %d model version(s) serving, %d failed to load",
+            len(index) - len(failed),
+            len(failed),
+        )
+
+    @staticmethod
+    def _bind(server: grpc.aio.Server, address: str) -> str:
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            port, reason = 0, str(exc)
+        else:
+            reason = "the address is in use or not available"
+        if port == 0:
+            raise OSError(f"cannot listen on {address}: {reason}")
+        if address.startswith("unix:"):
+            return address
+        host = address.rsplit(":", 1)[0]
+        return f"{host}:{port}"
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        for service in ("", INFERENCE_SERVICE):
+            await self._health.set(service, status)
+
+    async def stop(self) -> None:
+        """Drain: not ready, no new RPCs, in-flight ones get the grace period, then stop."""
+        if self._servicer is not None:
+            self._servicer.stop_serving()
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._server is not None:
+            await self._server.stop(self.config.grace_period_s)
+            self._server = None
+        if self._engine is not None:
+            await self._engine.close()
+        logger.info("stopped")
+
+    async def __aenter__(self) -> InferenceServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def _on_signal(self, signum: int) -> None:
+        self._signals_received += 1
+        if self._signals_received > 1:
+            logger.warning("second %s: exiting now", signal.Signals(signum).name)
+            os._exit(1)
+        logger.info(
+            "%s: draining (up to %.0fs; send it again to exit now)",
+            signal.Signals(signum).name,
+            self.config.grace_period_s,
+        )
+        self._should_exit.set()
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        try:
+            await self.start()
+            await self._should_exit.wait()
+        finally:
+            await self.stop()
+
+
+def run(config: ServerConfig) -> None:
+    """Serve until SIGINT/SIGTERM on uvloop where available, else asyncio's own loop."""
+    server = InferenceServer(config)
+    if config.use_uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            logger.info("uvloop is not installed: using asyncio's event loop")
+        else:
+            uvloop.run(server.serve())
+            return
+    asyncio.run(server.serve())

@@ -1,0 +1,207 @@
+"""Protobuf <-> engine types for ModelInfer. Protobuf stops here.
+
+Raw inputs travel to the engine as the request's own bytes, which it views zero-copy
+with ``np.frombuffer``. Wire-level mistakes (typed contents beside raw ones, a typed
+field of the wrong type, a missing buffer) are caught here; everything checked against
+the model's config (names, types, shapes, sizes) is checked in the engine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from inferd.engines import EngineError, ErrorCode, InferRequest, InferResponse, InputTensor
+from inferd.engines.types import ParameterValue
+from inferd.protos import grpc_service_pb2 as pb
+from inferd.protos.datatypes import NUMPY_DTYPES, encode_bytes_tensor
+
+# The datatype each typed-contents field carries, as Triton names it in its errors.
+_FIELD_DATATYPE = {
+    "bool_contents": "BOOL",
+    "int_contents": "INT32",
+    "int64_contents": "INT64",
+    "uint_contents": "UINT32",
+    "uint64_contents": "UINT64",
+    "fp32_contents": "FP32",
+    "fp64_contents": "FP64",
+    "bytes_contents": "BYTES",
+}
+# int_contents and uint_contents also carry the narrower integers, as in Triton.
+_FIELD_ALSO_CARRIES = {"int_contents": ("INT8", "INT16"), "uint_contents": ("UINT8", "UINT16")}
+
+
+def _invalid(message: str) -> EngineError:
+    return EngineError(ErrorCode.INVALID_ARGUMENT, message)
+
+
+def parse_version(version: str) -> int | None:
+    """The protocol's version string: empty means the latest version."""
+    if not version:
+        return None
+    try:
+        number = int(version)
+    except ValueError:
+        raise _invalid(
+            f"failed to get model version from specified version string '{version}' "
+            "(details: stol), version should be an integral value > 0"
+        ) from None
+    if number < 0:
+        raise _invalid(
+            f"invalid model version specified '{version}' , version should be an integral value > 0"
+        )
+    return number
+
+
+def _typed_contents(model: str, tensor: pb.ModelInferRequest.InferInputTensor) -> np.ndarray:
+    """The one typed-contents field that carries this input, as a flat array."""
+    found: np.ndarray | None = None
+    for field, values in tensor.contents.ListFields():
+        where = f"input tensor '{tensor.name}' for model '{model}'"
+        if found is not None:
+            raise _invalid(
+                f"unexpected explicit tensor data for {where}, binary data was already supplied."
+            )
+        carries = _FIELD_DATATYPE[field.name]
+        if tensor.datatype != carries and tensor.datatype not in _FIELD_ALSO_CARRIES.get(
+            field.name, ()
+        ):
+            raise _invalid(
+                f"unexpected explicit tensor data for {where} of type '{carries}', expected "
+                f"datatype '{tensor.datatype}'"
+            )
+        found = _typed_array(model, tensor, field.name, values)
+    if found is None:  # a contents message with every field empty: zero elements
+        return np.empty(0, dtype=NUMPY_DTYPES[tensor.datatype])
+    return found
+
+
+def _typed_array(
+    model: str, tensor: pb.ModelInferRequest.InferInputTensor, field: str, values: object
+) -> np.ndarray:
+    if tensor.datatype == "BYTES":
+        array = np.empty(len(values), dtype=np.object_)  # type: ignore[arg-type]
+        array[:] = list(values)  # type: ignore[call-overload]
+        return array
+    dtype = NUMPY_DTYPES[tensor.datatype]
+    wide = np.asarray(values)
+    if dtype.kind in "iu" and wide.size:
+        limits = np.iinfo(dtype)
+        if wide.min() < limits.min or wide.max() > limits.max:
+            raise _invalid(
+                f"values in {field} for input tensor '{tensor.name}' for model '{model}' do "
+                f"not fit {tensor.datatype} (range {limits.min}..{limits.max})"
+            )
+    return wide.astype(dtype)
+
+
+def _parameters(request: pb.ModelInferRequest) -> dict[str, ParameterValue]:
+    parameters: dict[str, ParameterValue] = {}
+    for key, parameter in request.parameters.items():
+        choice = parameter.WhichOneof("parameter_choice")
+        allowed = _PARAMETER_TYPES.get(key)
+        if allowed is None and key.startswith("triton_"):
+            raise _invalid(
+                "parameter keys starting with 'triton_' are reserved for Triton usage. Only "
+                "the following keys starting with 'triton_' are allowed: "
+                "triton_enable_empty_final_response"
+            )
+        allowed = allowed or _ANY_PARAMETER
+        if choice not in allowed.choices:
+            raise _invalid(
+                f"invalid value type for '{key}' parameter, expected {allowed.expected}."
+            )
+        value = getattr(parameter, choice)
+        if key == "priority" and value < 0:
+            raise _invalid("invalid value for 'priority', expected value >= 0.")
+        parameters[key] = value
+    return parameters
+
+
+class _ParameterType:
+    def __init__(self, *choices: str) -> None:
+        self.choices = choices
+        if len(choices) > 2:
+            self.expected = ", ".join(choices[:-1]) + ", or " + choices[-1]
+        else:
+            self.expected = " or ".join(choices)
+
+
+# The request parameters Triton interprets, with the value types it accepts.
+_PARAMETER_TYPES = {
+    "sequence_id": _ParameterType("int64_param", "string_param"),
+    "sequence_start": _ParameterType("bool_param"),
+    "sequence_end": _ParameterType("bool_param"),
+    "priority": _ParameterType("int64_param", "uint64_param"),
+    "timeout": _ParameterType("int64_param"),
+    "triton_enable_empty_final_response": _ParameterType("bool_param"),
+}
+_ANY_PARAMETER = _ParameterType("int64_param", "bool_param", "string_param", "double_param")
+
+
+def decode_infer_request(request: pb.ModelInferRequest, deadline: float | None) -> InferRequest:
+    """Wire-level decoding; the engine then checks names, types, shapes and sizes."""
+    model = request.model_name
+    version = parse_version(request.model_version)
+    raw_contents = request.raw_input_contents
+    raw_index = 0
+    inputs: list[InputTensor] = []
+    for tensor in request.inputs:
+        if "shared_memory_region" in tensor.parameters:
+            raise EngineError(
+                ErrorCode.UNSUPPORTED,
+                f"input '{tensor.name}' for model '{model}' uses shared memory, which inferd "
+                "does not support yet; send the data in raw_input_contents",
+            )
+        if tensor.datatype not in NUMPY_DTYPES:
+            raise _invalid(
+                f"invalid datatype '{tensor.datatype}' for input '{tensor.name}' for model "
+                f"'{model}' (expected one of {', '.join(NUMPY_DTYPES)})"
+            )
+        data: bytes | np.ndarray
+        if tensor.HasField("contents"):
+            if raw_contents:
+                raise _invalid(
+                    f"contents field must not be specified when using raw_input_contents for "
+                    f"'{tensor.name}' for model '{model}'"
+                )
+            data = _typed_contents(model, tensor)
+        elif raw_index < len(raw_contents):
+            data = raw_contents[raw_index]
+            raw_index += 1
+        else:
+            raise _invalid(
+                f"unable to find data for input tensor '{tensor.name}' for model '{model}' "
+                "in request."
+            )
+        inputs.append(InputTensor(tensor.name, tensor.datatype, tuple(tensor.shape), data))
+    if raw_index != len(raw_contents):
+        # Triton silently ignores surplus buffers; inferd refuses them, since they mean the
+        # client's inputs and buffers are misaligned.
+        raise _invalid(
+            f"expected {raw_index} raw_input_contents (one per input) but got "
+            f"{len(raw_contents)} for model '{model}'"
+        )
+    return InferRequest(
+        model_name=model,
+        model_version=version,
+        inputs=inputs,
+        requested_outputs=tuple(output.name for output in request.outputs),
+        request_id=request.id,
+        parameters=_parameters(request),
+        deadline=deadline,
+    )
+
+
+def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
+    message = pb.ModelInferResponse(
+        model_name=response.model_name,
+        model_version=str(response.model_version),
+        id=response.request_id,
+    )
+    for output in response.outputs:
+        message.outputs.add(name=output.name, datatype=output.datatype, shape=output.data.shape)
+        if output.datatype == "BYTES":
+            message.raw_output_contents.append(encode_bytes_tensor(output.data))
+        else:
+            message.raw_output_contents.append(output.data.tobytes())
+    return message

@@ -1,0 +1,34 @@
+"""One configuration object for the server, shared by the CLI and the Python API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# Triton's default: gRPC messages up to INT32_MAX bytes each way.
+DEFAULT_MAX_MESSAGE_BYTES = 2**31 - 1
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    model_repository: Path | None = None  # None: the bundled demo repository
+    host: str = "127.0.0.1"
+    grpc_port: int | None = 8001  # None: no TCP listener (Unix socket only); 0: any free port
+    unix_socket: Path | None = None  # for sidecars: unix:<path>
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_concurrent_rpcs: int = 4096  # beyond this gRPC answers RESOURCE_EXHAUSTED
+    grace_period_s: float = 30.0  # in-flight requests get this long after SIGTERM
+    reuse_port: bool = False  # SO_REUSEPORT; off so a busy port fails loudly
+    log_level: str = "info"
+    use_uvloop: bool = True
+
+    def addresses(self) -> list[str]:
+        addresses = []
+        if self.grpc_port is not None:
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            addresses.append(f"{host}:{self.grpc_port}")
+        if self.unix_socket is not None:
+            addresses.append(f"unix:{self.unix_socket}")
+        if not addresses:
+            raise ValueError("nothing to listen on: give a gRPC port or a Unix socket")
+        return addresses

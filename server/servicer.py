@@ -1,0 +1,157 @@
+"""``inference.GRPCInferenceService``: short typed methods that decode, call the engine
+client and encode. Protobuf types stop here; the engine sees only its own types."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import time
+
+import grpc
+
+from inferd.engines import EngineClient, EngineError, ModelInfo, TensorSpec
+from inferd.protos import grpc_service_pb2 as pb
+from inferd.protos import grpc_service_pb2_grpc as pb_grpc
+from inferd.server.codec import decode_infer_request, encode_infer_response, parse_version
+from inferd.server.status import maps_engine_errors
+
+SERVER_NAME = "inferd"
+# Only what inferd really answers; clients probe this list before using an extension.
+SUPPORTED_EXTENSIONS = ("model_configuration",)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("inferd")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _tensor_metadata(
+    specs: tuple[TensorSpec, ...], batched: bool
+) -> list[pb.ModelMetadataResponse.TensorMetadata]:
+    return [
+        pb.ModelMetadataResponse.TensorMetadata(
+            name=spec.name,
+            datatype=spec.datatype,
+            shape=[-1, *spec.dims] if batched else list(spec.dims),
+        )
+        for spec in specs
+    ]
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, engine: EngineClient) -> None:
+        self._engine = engine
+        self._server_version = _version()
+        self._serving = True
+
+    def stop_serving(self) -> None:
+        """Shutdown has begun: report not ready so load balancers drain this server."""
+        self._serving = False
+
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._serving and self._engine.is_ready())
+
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        # Triton answers OK with ready=false for unknown models and bad versions alike.
+        try:
+            self._engine.model_info(request.name, parse_version(request.version))
+        except EngineError:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=self._serving)
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(
+            name=SERVER_NAME, version=self._server_version, extensions=SUPPORTED_EXTENSIONS
+        )
+
+    def _model(self, name: str, version: str) -> ModelInfo:
+        return self._engine.model_info(name, parse_version(version))
+
+    @maps_engine_errors
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        info = self._model(request.name, request.version)
+        batched = info.max_batch_size > 0
+        return pb.ModelMetadataResponse(
+            name=info.name,
+            versions=[str(version) for version in info.ready_versions],
+            platform=info.platform,
+            inputs=_tensor_metadata(info.inputs, batched),
+            outputs=_tensor_metadata(info.outputs, batched),
+        )
+
+    @maps_engine_errors
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelConfigResponse:
+        info = self._model(request.name, request.version)
+        return pb.ModelConfigResponse(config=info.config)
+
+    @maps_engine_errors
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        return pb.RepositoryIndexResponse(
+            models=[
+                pb.RepositoryIndexResponse.ModelIndex(
+                    name=entry.name,
+                    version=entry.version,
+                    state=entry.state.value,
+                    reason=entry.reason,
+                )
+                for entry in self._engine.repository_index(request.ready)
+            ]
+        )
+
+    @maps_engine_errors
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        # Unknown model or version is reported before anything about the tensors, as Triton does.
+        self._model(request.model_name, request.model_version)
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None else None
+        response = await self._engine.infer(decode_infer_request(request, deadline))
+        return encode_infer_response(response)
+
+
+def _unimplemented(rpc: str, where: str) -> object:
+    message = f"inferd does not implement {rpc} yet ({where})"
+
+    async def answer(self: InferenceServicer, request: object, context: grpc.aio.ServicerContext):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+
+    answer.__name__ = rpc
+    return answer
+
+
+# RPCs of the protocol that later work builds; each says so instead of grpc's bare
+# "Method not implemented!".
+for _rpc, _where in (
+    ("ModelStreamInfer", "streaming is planned; use ModelInfer"),
+    ("ModelStatistics", "statistics arrive with continuous batching"),
+    ("RepositoryModelLoad", "model control is planned"),
+    ("RepositoryModelUnload", "model control is planned"),
+    ("SystemSharedMemoryStatus", "shared memory is planned"),
+    ("SystemSharedMemoryRegister", "shared memory is planned"),
+    ("SystemSharedMemoryUnregister", "shared memory is planned"),
+    ("CudaSharedMemoryStatus", "CUDA shared memory is planned"),
+    ("CudaSharedMemoryRegister", "CUDA shared memory is planned"),
+    ("CudaSharedMemoryUnregister", "CUDA shared memory is planned"),
+    ("TraceSetting", "tracing is planned"),
+    ("LogSettings", "log settings are planned"),
+):
+    setattr(InferenceServicer, _rpc, _unimplemented(_rpc, _where))
