@@ -1,0 +1,72 @@
+"""Run ``inferd serve`` as a real subprocess, the way users and orchestrators do."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+_LISTENING = re.compile(r"listening on (\S+)")
+_READY = "ready:"
+
+
+class ServerProcess:
+    def __init__(self, repository: Path | None, *args: str, env: dict[str, str] | None = None):
+        command = [sys.executable, "-m", "inferd.server", "serve", "--grpc-port", "0", *args]
+        if repository is not None:
+            command += ["--model-repository", str(repository)]
+        self.process = subprocess.Popen(
+            command,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.log: list[str] = []
+        self.address: str | None = None
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read_log, daemon=True)
+        self._reader.start()
+
+    def _read_log(self) -> None:
+        assert self.process.stderr is not None
+        with self.process.stderr:
+            for line in self.process.stderr:
+                self.log.append(line)
+                match = _LISTENING.search(line)
+                if match and self.address is None:
+                    self.address = match.group(1).split(",")[0]
+                if _READY in line:
+                    self._ready.set()
+        self._ready.set()  # exited: wait_ready() reports it
+
+    def wait_ready(self, timeout: float = 60) -> ServerProcess:
+        if not self._ready.wait(timeout) or self.process.poll() is not None:
+            self.kill()
+            raise RuntimeError("inferd did not become ready:\n" + self.log_text())
+        return self
+
+    def log_text(self) -> str:
+        return "".join(self.log)
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 60) -> int:
+        code = self.process.wait(timeout)
+        self._reader.join(timeout)
+        return code
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.signal(signal.SIGTERM)
+        return self.wait()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.wait()
