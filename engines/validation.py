@@ -89,24 +89,32 @@ def validate_request(
 
     required = [spec.name for spec in inputs if not spec.optional]
     missing = [name for name in required if name not in seen]
-    if missing or len(given) > len(inputs):
+
+    def count_error() -> EngineError:
         if len(required) == len(inputs):
             expected = f"expected {len(inputs)} inputs"
         else:
             expected = f"expected number of inputs between {len(required)} and {len(inputs)}"
-        raise check.fail(
+        return check.fail(
             f"{expected} but got {len(given)} inputs for model '{model}'. Got input(s) "
             f"{_names_text(given)}, but missing required input(s) {_names_text(missing)}. "
             "Please provide all required input(s)."
         )
 
+    # Counts first, as Triton does: with the right count, an unknown name is reported as
+    # unknown rather than as the required input it displaced.
+    if not len(required) <= len(given) <= len(inputs):
+        raise count_error()
+    for name in given:
+        if name not in specs:
+            raise check.fail(
+                f"unexpected inference input '{name}' for model '{model}'", prefixed=False
+            )
+    if missing:
+        raise count_error()
+
     batch_size: int | None = None
     for tensor in request.inputs:
-        if tensor.name not in specs:
-            raise check.fail(
-                f"unexpected inference input '{tensor.name}' for model '{model}'",
-                prefixed=False,
-            )
         if max_batch_size > 0:
             if not tensor.shape:
                 raise check.fail(
