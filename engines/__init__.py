@@ -10,6 +10,7 @@ from inferd.engines.types import (
     ModelIndexEntry,
     ModelState,
     OutputTensor,
+    RequestedOutput,
 )
 from inferd.engines.validation import TensorSpec
 
@@ -26,5 +27,6 @@ __all__ = [
     "ModelInfo",
     "ModelState",
     "OutputTensor",
+    "RequestedOutput",
     "TensorSpec",
 ]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from inferd.engines.classification import top_k
 from inferd.engines.executor import InstancePool
 from inferd.engines.types import InferRequest, InferResponse, OutputTensor
 from inferd.engines.validation import TensorSpec, validate_request
@@ -35,7 +36,11 @@ class ModelVersion:
     """One servable version; `infer` validates, then runs on a free execution instance."""
 
     def __init__(
-        self, config: model_config_pb2.ModelConfig, version: int, pool: InstancePool
+        self,
+        config: model_config_pb2.ModelConfig,
+        version: int,
+        pool: InstancePool,
+        labels: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -45,6 +50,7 @@ class ModelVersion:
         self.outputs = tensor_specs(config.output)
         self._input_specs = {spec.name: spec for spec in self.inputs}
         self._pool = pool
+        self._labels = dict(labels or {})  # output name -> class labels (label_filename)
 
     async def infer(self, request: InferRequest) -> InferResponse:
         batch_size = validate_request(request, self.inputs, self.outputs, self.max_batch_size)
@@ -57,8 +63,10 @@ class ModelVersion:
                 prefix = (batch_size,) if self.max_batch_size > 0 else ()
                 data = data.reshape(prefix + reshape)
             feed[tensor.name] = data
-        wanted = request.requested_outputs
-        names = [spec.name for spec in self.outputs if not wanted or spec.name in wanted]
+        class_counts = {output.name: output.class_count for output in request.requested_outputs}
+        names = [
+            spec.name for spec in self.outputs if not class_counts or spec.name in class_counts
+        ]
         results = await self._pool.run(feed, names, request.deadline)
         outputs = []
         for spec in self.outputs:
@@ -70,7 +78,13 @@ class ModelVersion:
                 data = data.reshape(prefix + tuple(spec.dims))
             # A runtime may widen or narrow a type; the config's datatype is the contract.
             data = np.asarray(data).astype(NUMPY_DTYPES[spec.datatype], copy=False)
-            outputs.append(OutputTensor(spec.name, spec.datatype, data))
+            class_count = class_counts.get(spec.name, 0)
+            if class_count > 0:
+                labels = self._labels.get(spec.name, ())
+                data = top_k(data, class_count, labels, batched=self.max_batch_size > 0)
+                outputs.append(OutputTensor(spec.name, "BYTES", data))
+            else:
+                outputs.append(OutputTensor(spec.name, spec.datatype, data))
         return InferResponse(self.name, self.version, request.request_id, outputs)
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from inferd.engines.backends import Backend, InstanceSpec, resolve_backend
+from inferd.engines.classification import read_labels
 from inferd.engines.config import read_config, select_versions, validate_config, version_directories
 from inferd.engines.errors import EngineError, ErrorCode
 from inferd.engines.executor import InstancePool
@@ -80,8 +81,13 @@ def _load_version(
     if not model_path.exists():
         raise FileNotFoundError(f"model file {model_path} does not exist")
     instances = [backend.load(model_path, config, spec) for spec in _instance_specs(config)]
+    labels = {
+        output.name: read_labels(model_dir / output.label_filename)
+        for output in config.output
+        if output.label_filename
+    }
     pool = InstancePool(f"{config.name}:{version}", instances, DEFAULT_QUEUE_CAPACITY)
-    return ModelVersion(config, version, pool)
+    return ModelVersion(config, version, pool, labels)
 
 
 def load_model(model_dir: Path) -> LoadedModel:

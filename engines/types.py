@@ -31,12 +31,18 @@ class InputTensor:
     array: np.ndarray | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class RequestedOutput:
+    name: str
+    class_count: int = 0  # > 0: the classification extension's top-k instead of the tensor
+
+
 @dataclass(slots=True)
 class InferRequest:
     model_name: str
     model_version: int | None  # None: the newest loaded version
     inputs: list[InputTensor]
-    requested_outputs: tuple[str, ...] = ()  # empty: every output, in the model's order
+    requested_outputs: tuple[RequestedOutput, ...] = ()  # empty: all, in the model's order
     request_id: str = ""
     parameters: dict[str, ParameterValue] = field(default_factory=dict)
     deadline: float | None = None  # time.monotonic() after which the answer is useless

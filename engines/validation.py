@@ -73,11 +73,18 @@ def validate_request(
     model = check.model
     specs = {spec.name: spec for spec in inputs}
 
-    output_names = {spec.name for spec in outputs}
-    for name in request.requested_outputs:
-        if name not in output_names:
+    output_specs = {spec.name: spec for spec in outputs}
+    for output in request.requested_outputs:
+        output_spec = output_specs.get(output.name)
+        if output_spec is None:
             raise check.fail(
-                f"unexpected inference output '{name}' for model '{model}'", prefixed=False
+                f"unexpected inference output '{output.name}' for model '{model}'",
+                prefixed=False,
+            )
+        if output.class_count > 0 and output_spec.datatype == "BYTES":
+            raise check.fail(
+                "class result not available for output due to unsupported type 'BYTES'",
+                prefixed=False,
             )
 
     given = [tensor.name for tensor in request.inputs]

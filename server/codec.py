@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from inferd.engines import EngineError, ErrorCode, InferRequest, InferResponse, InputTensor
+from inferd.engines import (
+    EngineError,
+    ErrorCode,
+    InferRequest,
+    InferResponse,
+    InputTensor,
+    RequestedOutput,
+)
 from inferd.engines.types import ParameterValue
 from inferd.protos import grpc_service_pb2 as pb
 from inferd.protos.datatypes import NUMPY_DTYPES, encode_bytes_tensor
@@ -83,7 +90,9 @@ def _typed_array(
         array[:] = list(values)  # type: ignore[call-overload]
         return array
     dtype = NUMPY_DTYPES[tensor.datatype]
-    wide = np.asarray(values)
+    # The field's own element type: left to infer it, numpy turns uint64 values above
+    # 2**63 mixed with smaller ones into float64, losing precision (2**64-1 became 0).
+    wide = np.asarray(values, dtype=NUMPY_DTYPES[_FIELD_DATATYPE[field]])
     if dtype.kind in "iu" and wide.size:
         limits = np.iinfo(dtype)
         if wide.min() < limits.min or wide.max() > limits.max:
@@ -138,6 +147,25 @@ _PARAMETER_TYPES = {
 _ANY_PARAMETER = _ParameterType("int64_param", "bool_param", "string_param", "double_param")
 
 
+def _requested_output(
+    model: str, output: pb.ModelInferRequest.InferRequestedOutputTensor
+) -> RequestedOutput:
+    if "shared_memory_region" in output.parameters:
+        raise EngineError(
+            ErrorCode.UNSUPPORTED,
+            f"output '{output.name}' for model '{model}' asks for shared memory, which inferd "
+            "does not support yet",
+        )
+    if "classification" not in output.parameters:
+        return RequestedOutput(output.name)
+    parameter = output.parameters["classification"]
+    if parameter.WhichOneof("parameter_choice") != "int64_param":
+        raise _invalid("invalid value type for 'classification' parameter, expected int64_param")
+    if parameter.int64_param < 1:
+        raise _invalid("invalid value for 'classification' parameter, expected >= 1")
+    return RequestedOutput(output.name, parameter.int64_param)
+
+
 def decode_infer_request(request: pb.ModelInferRequest, deadline: float | None) -> InferRequest:
     """Wire-level decoding; the engine then checks names, types, shapes and sizes."""
     model = request.model_name
@@ -185,7 +213,7 @@ def decode_infer_request(request: pb.ModelInferRequest, deadline: float | None) 
         model_name=model,
         model_version=version,
         inputs=inputs,
-        requested_outputs=tuple(output.name for output in request.outputs),
+        requested_outputs=tuple(_requested_output(model, output) for output in request.outputs),
         request_id=request.id,
         parameters=_parameters(request),
         deadline=deadline,

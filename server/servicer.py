@@ -16,7 +16,7 @@ from inferd.server.status import maps_engine_errors
 
 SERVER_NAME = "inferd"
 # Only what inferd really answers; clients probe this list before using an extension.
-SUPPORTED_EXTENSIONS = ("model_configuration",)
+SUPPORTED_EXTENSIONS = ("classification", "model_configuration")
 
 
 def _version() -> str:

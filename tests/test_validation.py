@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inferd.engines import EngineError, ErrorCode, InferRequest, InputTensor, TensorSpec
+from inferd.engines import (
+    EngineError,
+    ErrorCode,
+    InferRequest,
+    InputTensor,
+    RequestedOutput,
+    TensorSpec,
+)
 from inferd.engines.validation import validate_request
 from inferd.protos.datatypes import encode_bytes_tensor
 
@@ -20,7 +27,8 @@ def _int32(name: str, shape: tuple[int, ...], count: int | None = None) -> Input
 
 
 def _request(*inputs: InputTensor, outputs: tuple[str, ...] = (), request_id: str = ""):
-    return InferRequest("simple", None, list(inputs), outputs, request_id)
+    requested = tuple(RequestedOutput(name) for name in outputs)
+    return InferRequest("simple", None, list(inputs), requested, request_id)
 
 
 def _error(request: InferRequest, max_batch_size: int = 8, inputs=INPUTS) -> EngineError:
