@@ -59,12 +59,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self._serving and self._engine.is_ready())
 
+    @maps_engine_errors
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
-        # Triton answers OK with ready=false for unknown models and bad versions alike.
+        version = parse_version(request.version)  # not a number: INVALID_ARGUMENT
+        # Triton answers OK with ready=false for unknown or unready models and versions.
         try:
-            self._engine.model_info(request.name, parse_version(request.version))
+            self._engine.model_info(request.name, version)
         except EngineError:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=self._serving)

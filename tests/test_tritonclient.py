@@ -212,10 +212,13 @@ def test_health(demo_client: tritongrpc.InferenceServerClient) -> None:
     assert demo_client.is_server_ready() is True
     assert demo_client.is_model_ready("simple") is True
     assert demo_client.is_model_ready("simple", "1") is True
-    # Unknown models and versions answer False, never an error.
+    # Unknown models and versions answer False, never an error...
     assert demo_client.is_model_ready("nope") is False
     assert demo_client.is_model_ready("simple", "7") is False
-    assert demo_client.is_model_ready("simple", "abc") is False
+    # ...but a version that is not a number is a bad request, as in Triton.
+    error = _triton_error(lambda: demo_client.is_model_ready("simple", "abc"))
+    assert error.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "version string 'abc'" in error.message()
 
 
 def test_model_readiness_by_version_and_for_broken_models(
