@@ -99,6 +99,12 @@ class InstancePool:
                 break
             if item.future.cancelled():
                 continue
+            if self._closed:  # stopping: nobody waits for queued work any more
+                with contextlib.suppress(RuntimeError):
+                    item.loop.call_soon_threadsafe(
+                        _resolve, item.future, EngineError(ErrorCode.UNAVAILABLE, "server stopping")
+                    )
+                continue
             result: Outputs | BaseException
             if item.deadline is not None and time.monotonic() > item.deadline:
                 result = EngineError(
@@ -119,10 +125,16 @@ class InstancePool:
         instance.close()
 
     def close(self) -> None:
-        """Finish queued work, then stop the instance threads and release the instances."""
+        """Stop: drop queued work, abort runs in progress, release the instances.
+
+        Called once the server has stopped taking RPCs and the grace period for in-flight
+        ones is over, so whatever is still queued or running has nobody waiting for it.
+        """
         if self._closed:
             return
         self._closed = True
+        for instance in self._instances:
+            instance.cancel()
         for _ in self._threads:
             self._queue.put(None)
         for thread in self._threads:

@@ -14,11 +14,12 @@ import signal
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from inferd.engines import EngineClient, InProcessEngineClient
 from inferd.protos import grpc_service_pb2_grpc
 from inferd.server.config import ServerConfig
+from inferd.server.health import HealthServicer
 from inferd.server.reflection import INFERENCE_SERVICE, enable_reflection
 from inferd.server.servicer import InferenceServicer
 
@@ -54,7 +55,7 @@ class InferenceServer:
         self.config = config
         self._engine = engine
         self._server: grpc.aio.Server | None = None
-        self._health = health.aio.HealthServicer()
+        self._health = HealthServicer()
         self._servicer: InferenceServicer | None = None
         self.addresses: list[str] = []
         self._should_exit = asyncio.Event()
@@ -110,7 +111,7 @@ class InferenceServer:
         """Drain: not ready, no new RPCs, in-flight ones get the grace period, then stop."""
         if self._servicer is not None:
             self._servicer.stop_serving()
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._health.drain()
         if self._server is not None:
             await self._server.stop(self.config.grace_period_s)
             self._server = None

@@ -42,7 +42,8 @@ class ServerProcess:
                     self.address = match.group(1).split(",")[0]
                 if _READY in line:
                     self._ready.set()
-        self._ready.set()  # exited: wait_ready() reports it
+        self.process.wait()  # output ended: the process is exiting; let poll() see it
+        self._ready.set()  # wait_ready() then reports the exit
 
     def wait_ready(self, timeout: float = 60) -> ServerProcess:
         if not self._ready.wait(timeout) or self.process.poll() is not None:

@@ -31,6 +31,9 @@ class BackendInstance(abc.ABC):
     ) -> dict[str, np.ndarray]:
         """Run the model; inputs already match the config. Returns the named outputs."""
 
+    def cancel(self) -> None:  # noqa: B027 - a runtime that cannot abort a run lets it finish
+        """Abort the run in progress, from another thread; its ``infer`` then raises."""
+
     def close(self) -> None:  # noqa: B027 - most runtimes free everything on garbage collection
         """Release the instance's resources."""
 

@@ -201,6 +201,7 @@ class _OnnxRuntimeInstance(BackendInstance):
     def __init__(self, session: ort.InferenceSession, string_outputs: frozenset[str]) -> None:
         self._session = session
         self._string_outputs = string_outputs
+        self._run_options = ort.RunOptions()
 
     def infer(
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
@@ -215,13 +216,18 @@ class _OnnxRuntimeInstance(BackendInstance):
                 feed[name] = strings
             else:
                 feed[name] = array
-        results = self._session.run(list(output_names), feed)
+        # Fresh options per run: `terminate` cannot be reset once set by cancel().
+        self._run_options = ort.RunOptions()
+        results = self._session.run(list(output_names), feed, self._run_options)
         outputs = {}
         for name, result in zip(output_names, results, strict=True):
             if name in self._string_outputs:
                 result = _str_to_bytes(result, text_encoding)
             outputs[name] = result
         return outputs
+
+    def cancel(self) -> None:
+        self._run_options.terminate = True
 
 
 def _bytes_to_str(array: np.ndarray) -> tuple[np.ndarray, str]:
