@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from inferd.engines import EngineClient, InProcessEngineClient
+from inferd.engines import EngineClient, EngineError, ErrorCode, InProcessEngineClient
 from inferd.protos import grpc_service_pb2_grpc
 from inferd.server.config import ServerConfig
 from inferd.server.health import HealthServicer
@@ -40,6 +40,11 @@ def _grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
 
 def _repository(config: ServerConfig) -> Path:
     if config.model_repository is not None:
+        if not config.model_repository.is_dir():  # fail before binding any port
+            raise EngineError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"model repository {config.model_repository} does not exist or is not a directory",
+            )
         return config.model_repository
     from inferd.engines.demo_repository import cached_demo_repository
 

@@ -99,9 +99,11 @@ def _serve(args: argparse.Namespace) -> int:
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from inferd.engines import EngineError
+
     try:
         run(config)
-    except OSError as exc:
+    except (OSError, EngineError) as exc:
         logging.getLogger("inferd.server").error("%s", exc)
         return 1
     return 0

@@ -284,3 +284,26 @@ def test_bad_url_is_a_clear_error() -> None:
     assert completed.returncode == 1
     assert "url must be 'host:port' or 'unix:/path'" in completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+def test_serve_a_missing_repository_is_a_clear_error(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-repository"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "inferd.server",
+            "serve",
+            "--grpc-port",
+            "0",
+            "--model-repository",
+            str(missing),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert f"model repository {missing} does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "listening on" not in result.stderr
