@@ -29,15 +29,3 @@ class EngineError(Exception):
 
     def __repr__(self) -> str:
         return f"EngineError({self.code.name}, {self.message!r})"
-
-
-def invalid_argument(message: str) -> EngineError:
-    return EngineError(ErrorCode.INVALID_ARGUMENT, message)
-
-
-def not_found(message: str) -> EngineError:
-    return EngineError(ErrorCode.NOT_FOUND, message)
-
-
-def unavailable(message: str) -> EngineError:
-    return EngineError(ErrorCode.UNAVAILABLE, message)

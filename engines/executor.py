@@ -67,10 +67,6 @@ class InstancePool:
         for thread in self._threads:
             thread.start()
 
-    @property
-    def instance_count(self) -> int:
-        return len(self._instances)
-
     async def run(
         self,
         inputs: Mapping[str, np.ndarray],

@@ -44,18 +44,6 @@ def config_type_to_datatype(config_type: str) -> str:
     return config_type.removeprefix("TYPE_")
 
 
-def datatype_to_config_type(datatype: str) -> str:
-    """``INT32`` -> ``TYPE_INT32``; ``BYTES`` -> ``TYPE_STRING``."""
-    return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
-
-
-def element_size(datatype: str) -> int:
-    """Bytes per element for fixed-size datatypes; BYTES has no fixed size and raises."""
-    if datatype == "BYTES":
-        raise ValueError("BYTES elements have no fixed size")
-    return NUMPY_DTYPES[datatype].itemsize
-
-
 def datatype_of(array: np.ndarray) -> str:
     """The protocol datatype of a numpy array; str/bytes/object arrays are BYTES."""
     dtype = array.dtype
