@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Protocol
 
 from inferd.engines.engine import Engine, ModelInfo
+from inferd.engines.statistics import StatisticsSnapshot
 from inferd.engines.types import InferRequest, InferResponse, ModelIndexEntry
 
 
@@ -23,6 +24,9 @@ class EngineClient(Protocol):
         """Raises EngineError(NOT_FOUND) for an unknown model or version."""
 
     def repository_index(self, ready_only: bool) -> list[ModelIndexEntry]: ...
+
+    def statistics(self, name: str, version: int | None) -> list[StatisticsSnapshot]:
+        """Statistics per version (pending requests included). Empty name: every model."""
 
     async def infer(self, request: InferRequest) -> InferResponse:
         """Run one request. Cancelling the awaiting task aborts it: queued work is dropped."""
@@ -50,6 +54,9 @@ class InProcessEngineClient:
 
     def repository_index(self, ready_only: bool) -> list[ModelIndexEntry]:
         return self._engine.repository_index(ready_only)
+
+    def statistics(self, name: str, version: int | None) -> list[StatisticsSnapshot]:
+        return self._engine.statistics(name, version)
 
     async def infer(self, request: InferRequest) -> InferResponse:
         return await self._engine.infer(request)

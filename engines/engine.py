@@ -10,6 +10,7 @@ from pathlib import Path
 from inferd.engines.errors import EngineError, ErrorCode
 from inferd.engines.model import ModelVersion
 from inferd.engines.repository import LoadedModel, load_model, model_directories
+from inferd.engines.statistics import StatisticsSnapshot
 from inferd.engines.types import InferRequest, InferResponse, ModelIndexEntry, ModelState
 from inferd.engines.validation import TensorSpec
 from inferd.protos import model_config_pb2
@@ -98,6 +99,29 @@ class Engine:
         if ready_only:
             entries = [entry for entry in entries if entry.state is ModelState.READY]
         return entries
+
+    def statistics(self, name: str, version: int | None) -> list[StatisticsSnapshot]:
+        """Statistics per ready version: every model when name is empty, every version
+        when version is None."""
+        if name and (name not in self._models or not self._models[name].versions):
+            raise EngineError(
+                ErrorCode.INVALID_ARGUMENT, f"requested model '{name}' is not available"
+            )
+        names = [name] if name else sorted(self._models)
+        samples = []
+        for model_name in names:
+            versions = self._models[model_name].versions
+            if version is not None and name:
+                if version not in versions:
+                    raise EngineError(
+                        ErrorCode.INVALID_ARGUMENT,
+                        f"requested model '{name}' version {version} is not available",
+                    )
+                chosen = [versions[version]]
+            else:
+                chosen = [versions[number] for number in sorted(versions)]
+            samples += [model.statistics.snapshot() for model in chosen]
+        return samples
 
     async def infer(self, request: InferRequest) -> InferResponse:
         return await self.model(request.model_name, request.model_version).infer(request)

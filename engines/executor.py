@@ -1,25 +1,37 @@
-"""Execution instances: one thread and one backend instance each, fed from a bounded queue.
+"""Execution instances fed by the dynamic-batching scheduler, continuously.
 
-The event loop only enqueues work and receives results through
-``loop.call_soon_threadsafe``; model code never runs on it. A full queue rejects at
-once (UNAVAILABLE) instead of growing, so memory does not grow with offered load.
+Each instance is one thread with one backend instance. The moment an instance is free it
+asks the scheduler (pure logic, under one lock) for the best batch available now, runs
+it, splits the outputs back to the requests, and asks again; it sleeps on a condition
+only when the scheduler says to wait (for a request, or for a batch to fill within its
+delay budget). The event loop only adds requests, removes cancelled ones and receives
+results through ``loop.call_soon_threadsafe``; model code never runs on it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
-import queue
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from inferd.engines.backends import BackendInstance
 from inferd.engines.errors import EngineError, ErrorCode
+from inferd.engines.packing import gather, scatter
+from inferd.engines.scheduler import (
+    BatchingPolicy,
+    PendingRequest,
+    QueueFull,
+    RejectReason,
+    Scheduler,
+)
+from inferd.engines.statistics import FailureReason, ModelStatistics
 
 logger = logging.getLogger(__name__)
 
@@ -27,12 +39,35 @@ Outputs = dict[str, np.ndarray]
 
 
 @dataclass(slots=True)
-class WorkItem:
+class Job:
+    """One request's work, from the moment it is queued until it is answered."""
+
+    pending: PendingRequest
     inputs: Mapping[str, np.ndarray]
-    output_names: Sequence[str]
-    deadline: float | None
+    output_names: tuple[str, ...]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Outputs]
+    sequence: int  # arrival order, for preserve_ordering
+    queued_ns: int  # time.perf_counter_ns() when queued
+
+
+class ResponseOrder:
+    """``preserve_ordering``: answers leave in arrival order. Runs on the event loop only."""
+
+    def __init__(self) -> None:
+        self._next = 0
+        self._ready: dict[int, tuple[asyncio.Future[Outputs], Outputs | BaseException | None]] = {}
+
+    def complete(
+        self, sequence: int, future: asyncio.Future[Outputs], result: Outputs | BaseException | None
+    ) -> None:
+        """Record an answer (None: the request was cancelled) and release what is due."""
+        self._ready[sequence] = (future, result)
+        while self._next in self._ready:
+            ready_future, ready_result = self._ready.pop(self._next)
+            self._next += 1
+            if ready_result is not None:
+                _resolve(ready_future, ready_result)
 
 
 def _resolve(future: asyncio.Future[Outputs], result: Outputs | BaseException) -> None:
@@ -44,16 +79,27 @@ def _resolve(future: asyncio.Future[Outputs], result: Outputs | BaseException) -
         future.set_result(result)
 
 
-class InstancePool:
-    """The execution instances of one model version."""
+class BatchingExecutor:
+    """The execution instances of one model version and the queue in front of them."""
 
     def __init__(
-        self, label: str, instances: Sequence[BackendInstance], queue_capacity: int
+        self,
+        label: str,
+        instances: Sequence[BackendInstance],
+        policy: BatchingPolicy,
+        queue_capacity: int,
+        statistics: ModelStatistics,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._label = label
         self._instances = list(instances)
-        self._queue: queue.Queue[WorkItem | None] = queue.Queue(maxsize=queue_capacity)
-        self._capacity = queue_capacity
+        self._scheduler = Scheduler(policy, queue_capacity)
+        self._statistics = statistics
+        self._clock = clock
+        self._jobs: dict[int, Job] = {}
+        self._keys = itertools.count()
+        self._order = ResponseOrder() if policy.preserve_ordering else None
+        self._changed = threading.Condition()
         self._closed = False
         self._threads = [
             threading.Thread(
@@ -71,67 +117,141 @@ class InstancePool:
         self,
         inputs: Mapping[str, np.ndarray],
         output_names: Sequence[str],
-        deadline: float | None,
+        pending: PendingRequest,
     ) -> Outputs:
-        """Queue one execution and wait for it; cancelling the wait abandons the work."""
-        if self._closed:
-            raise EngineError(ErrorCode.UNAVAILABLE, f"model '{self._label}' is unloading")
+        """Queue one request and wait for its outputs; cancelling the wait removes it."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outputs] = loop.create_future()
-        try:
-            self._queue.put_nowait(WorkItem(inputs, output_names, deadline, loop, future))
-        except queue.Full:
-            raise EngineError(
-                ErrorCode.UNAVAILABLE,
-                f"Exceeds maximum queue size: model '{self._label}' already has "
-                f"{self._capacity} requests waiting",
-            ) from None
+        with self._changed:
+            if self._closed:
+                raise EngineError(ErrorCode.UNAVAILABLE, f"model '{self._label}' is unloading")
+            pending.key = next(self._keys)
+            pending.arrival = self._clock()
+            try:
+                self._scheduler.add(pending)
+            except QueueFull:
+                self._statistics.record_failure(0, FailureReason.REJECTED)
+                raise
+            self._statistics.request_queued()
+            job = Job(
+                pending,
+                inputs,
+                tuple(output_names),
+                loop,
+                future,
+                pending.key,
+                time.perf_counter_ns(),
+            )
+            self._jobs[pending.key] = job
+            self._changed.notify()
+        future.add_done_callback(lambda done: self._on_done(job, done))
         return await future
 
+    def _on_done(self, job: Job, future: asyncio.Future[Outputs]) -> None:
+        if not future.cancelled():
+            return
+        with self._changed:
+            queued = self._scheduler.remove(job.pending.key)
+            self._jobs.pop(job.pending.key, None)
+            if queued:
+                self._statistics.request_dequeued()
+        if queued:  # a running request is counted when its batch ends
+            elapsed = time.perf_counter_ns() - job.queued_ns
+            self._statistics.record_failure(elapsed, FailureReason.CANCELED)
+        if self._order is not None:
+            self._order.complete(job.sequence, future, None)
+
+    def _answer(self, job: Job, result: Outputs | BaseException) -> None:
+        """Hand a result to the event loop (in arrival order under preserve_ordering)."""
+        if self._order is not None:
+            callback: Callable[..., None] = self._order.complete
+            args: tuple = (job.sequence, job.future, result)
+        else:
+            callback, args = _resolve, (job.future, result)
+        # RuntimeError: the loop closed while the model ran, so nobody waits.
+        with contextlib.suppress(RuntimeError):
+            job.loop.call_soon_threadsafe(callback, *args)
+
+    def _next_batch(self) -> list[Job] | None:
+        """Block until the scheduler hands this instance a batch; None when closing."""
+        with self._changed:
+            while not self._closed:
+                schedule = self._scheduler.schedule(self._clock())
+                for rejection in schedule.rejected:
+                    self._statistics.request_dequeued()
+                    self._reject(self._jobs.pop(rejection.request.key), rejection.reason)
+                if schedule.batch:
+                    for _ in schedule.batch:
+                        self._statistics.request_dequeued()
+                    if schedule.wake_at is not None and schedule.wake_at <= self._clock():
+                        self._changed.notify()  # more is ready: wake another free instance
+                    return [self._jobs.pop(request.key) for request in schedule.batch]
+                timeout = None if schedule.wake_at is None else schedule.wake_at - self._clock()
+                if timeout is None or timeout > 0:
+                    self._changed.wait(timeout)
+            return None
+
+    def _reject(self, job: Job, reason: RejectReason) -> None:
+        elapsed = time.perf_counter_ns() - job.queued_ns
+        self._statistics.record_failure(elapsed, FailureReason.REJECTED)
+        self._answer(job, reason.error())
+
     def _run_instance(self, instance: BackendInstance) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                break
-            if item.future.cancelled():
-                continue
-            if self._closed:  # stopping: nobody waits for queued work any more
-                with contextlib.suppress(RuntimeError):
-                    item.loop.call_soon_threadsafe(
-                        _resolve, item.future, EngineError(ErrorCode.UNAVAILABLE, "server stopping")
-                    )
-                continue
-            result: Outputs | BaseException
-            if item.deadline is not None and time.monotonic() > item.deadline:
-                result = EngineError(
-                    ErrorCode.DEADLINE_EXCEEDED,
-                    f"request for model '{self._label}' timed out in the queue",
-                )
-            else:
-                try:
-                    result = instance.infer(item.inputs, item.output_names)
-                except EngineError as exc:
-                    result = exc
-                except Exception as exc:
-                    logger.exception("model '%s' failed", self._label)
-                    result = EngineError(ErrorCode.INTERNAL, f"model '{self._label}' failed: {exc}")
-            # RuntimeError: the loop closed while the model ran, so nobody waits.
-            with contextlib.suppress(RuntimeError):
-                item.loop.call_soon_threadsafe(_resolve, item.future, result)
+        while (jobs := self._next_batch()) is not None:
+            self._execute(instance, jobs)
         instance.close()
 
+    def _execute(self, instance: BackendInstance, jobs: list[Job]) -> None:
+        started_ns = time.perf_counter_ns()
+        rows = [job.pending.rows for job in jobs]
+        try:
+            inputs = gather([job.inputs for job in jobs])
+            names = sorted({name for job in jobs for name in job.output_names})
+            infer_ns = time.perf_counter_ns()
+            outputs = instance.infer(inputs, names)
+            output_ns = time.perf_counter_ns()
+            per_request = scatter(outputs, rows)
+        except Exception as exc:
+            if not isinstance(exc, EngineError):
+                logger.exception("model '%s' failed on a batch of %d", self._label, sum(rows))
+                exc = EngineError(ErrorCode.INTERNAL, f"model '{self._label}' failed: {exc}")
+            now_ns = time.perf_counter_ns()
+            for job in jobs:
+                self._statistics.record_failure(now_ns - job.queued_ns, FailureReason.BACKEND)
+                self._answer(job, exc)
+            return
+        done_ns = time.perf_counter_ns()
+        self._statistics.record_execution(
+            sum(rows), infer_ns - started_ns, output_ns - infer_ns, done_ns - output_ns
+        )
+        for job, outputs_of_job in zip(jobs, per_request, strict=True):
+            self._statistics.record_success(
+                rows=job.pending.rows,
+                queue_ns=started_ns - job.queued_ns,
+                compute_input_ns=infer_ns - started_ns,
+                compute_infer_ns=output_ns - infer_ns,
+                compute_output_ns=done_ns - output_ns,
+                request_ns=done_ns - job.queued_ns,
+            )
+            self._answer(job, {name: outputs_of_job[name] for name in job.output_names})
+
     def close(self) -> None:
-        """Stop: drop queued work, abort runs in progress, release the instances.
+        """Stop: answer queued work UNAVAILABLE, abort runs in progress, release instances.
 
         Called once the server has stopped taking RPCs and the grace period for in-flight
         ones is over, so whatever is still queued or running has nobody waiting for it.
         """
-        if self._closed:
-            return
-        self._closed = True
+        with self._changed:
+            if self._closed:
+                return
+            self._closed = True
+            for job in self._jobs.values():
+                if self._scheduler.remove(job.pending.key):
+                    self._statistics.request_dequeued()
+                self._answer(job, EngineError(ErrorCode.UNAVAILABLE, "server stopping"))
+            self._jobs.clear()
+            self._changed.notify_all()
         for instance in self._instances:
             instance.cancel()
-        for _ in self._threads:
-            self._queue.put(None)
         for thread in self._threads:
             thread.join()

@@ -7,7 +7,10 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from inferd.engines.classification import top_k
-from inferd.engines.executor import InstancePool
+from inferd.engines.executor import BatchingExecutor
+from inferd.engines.packing import signature
+from inferd.engines.scheduler import PendingRequest
+from inferd.engines.statistics import ModelStatistics
 from inferd.engines.types import InferRequest, InferResponse, OutputTensor
 from inferd.engines.validation import TensorSpec, validate_request
 from inferd.protos import model_config_pb2
@@ -39,7 +42,8 @@ class ModelVersion:
         self,
         config: model_config_pb2.ModelConfig,
         version: int,
-        pool: InstancePool,
+        executor: BatchingExecutor,
+        statistics: ModelStatistics,
         labels: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.config = config
@@ -49,7 +53,8 @@ class ModelVersion:
         self.inputs = tensor_specs(config.input)
         self.outputs = tensor_specs(config.output)
         self._input_specs = {spec.name: spec for spec in self.inputs}
-        self._pool = pool
+        self.statistics = statistics
+        self.executor = executor
         self._labels = dict(labels or {})  # output name -> class labels (label_filename)
 
     async def infer(self, request: InferRequest) -> InferResponse:
@@ -67,7 +72,17 @@ class ModelVersion:
         names = [
             spec.name for spec in self.outputs if not class_counts or spec.name in class_counts
         ]
-        results = await self._pool.run(feed, names, request.deadline)
+        batched = self.max_batch_size > 0
+        pending = PendingRequest(
+            key=0,  # the executor numbers requests as it queues them
+            rows=batch_size,
+            signature=signature(feed, batched),
+            arrival=0.0,
+            priority=int(request.parameters.get("priority", 0)),
+            timeout_s=int(request.parameters.get("timeout", 0)) / 1e6,  # Triton: microseconds
+            deadline=request.deadline,
+        )
+        results = await self.executor.run(feed, names, pending)
         outputs = []
         for spec in self.outputs:
             if spec.name not in results:
@@ -88,4 +103,4 @@ class ModelVersion:
         return InferResponse(self.name, self.version, request.request_id, outputs)
 
     def close(self) -> None:
-        self._pool.close()
+        self.executor.close()

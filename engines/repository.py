@@ -16,8 +16,10 @@ from inferd.engines.backends import Backend, InstanceSpec, resolve_backend
 from inferd.engines.classification import read_labels
 from inferd.engines.config import read_config, select_versions, validate_config, version_directories
 from inferd.engines.errors import EngineError, ErrorCode
-from inferd.engines.executor import InstancePool
+from inferd.engines.executor import BatchingExecutor
 from inferd.engines.model import ModelVersion
+from inferd.engines.scheduler import BatchingPolicy
+from inferd.engines.statistics import ModelStatistics
 from inferd.engines.types import ModelIndexEntry, ModelState
 from inferd.protos import model_config_pb2
 
@@ -25,7 +27,8 @@ logger = logging.getLogger(__name__)
 
 # Triton's default when a config names no instance_group: two CPU instances.
 DEFAULT_CPU_INSTANCE_COUNT = 2
-# Requests waiting per model version beyond those running; full -> UNAVAILABLE at once.
+# Requests waiting per model version when the config sets no max_queue_size (Triton's
+# "unbounded"): inferd still bounds memory; full -> UNAVAILABLE at once.
 DEFAULT_QUEUE_CAPACITY = 1024
 
 
@@ -86,8 +89,15 @@ def _load_version(
         for output in config.output
         if output.label_filename
     }
-    pool = InstancePool(f"{config.name}:{version}", instances, DEFAULT_QUEUE_CAPACITY)
-    return ModelVersion(config, version, pool, labels)
+    statistics = ModelStatistics(config.name, version, config.max_batch_size)
+    executor = BatchingExecutor(
+        f"{config.name}:{version}",
+        instances,
+        BatchingPolicy.from_config(config),
+        DEFAULT_QUEUE_CAPACITY,
+        statistics,
+    )
+    return ModelVersion(config, version, executor, statistics, labels)
 
 
 def load_model(model_dir: Path) -> LoadedModel:

@@ -20,6 +20,7 @@ from inferd.engines import EngineClient, EngineError, ErrorCode, InProcessEngine
 from inferd.protos import grpc_service_pb2_grpc
 from inferd.server.config import ServerConfig
 from inferd.server.health import HealthServicer
+from inferd.server.metrics import MetricsServer
 from inferd.server.reflection import INFERENCE_SERVICE, enable_reflection
 from inferd.server.servicer import InferenceServicer
 
@@ -63,6 +64,8 @@ class InferenceServer:
         self._health = HealthServicer()
         self._servicer: InferenceServicer | None = None
         self.addresses: list[str] = []
+        self._metrics: MetricsServer | None = None
+        self.metrics_port: int | None = None
         self._should_exit = asyncio.Event()
         self._signals_received = 0
 
@@ -84,6 +87,13 @@ class InferenceServer:
         self._server = server
         logger.info("listening on %s", ", ".join(self.addresses))
         await self._engine.start()
+        if self.config.metrics_port is not None:
+            engine = self._engine
+            self._metrics = MetricsServer(
+                lambda: engine.statistics("", None), self.config.host, self.config.metrics_port
+            )
+            self.metrics_port = self._metrics.start()
+            logger.info("metrics on http://%s:%d/metrics", self.config.host, self.metrics_port)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         index = self._engine.repository_index(ready_only=False)
         failed = [entry for entry in index if entry.state.value != "READY"]
@@ -120,6 +130,9 @@ class InferenceServer:
         if self._server is not None:
             await self._server.stop(self.config.grace_period_s)
             self._server = None
+        if self._metrics is not None:
+            self._metrics.stop()
+            self._metrics = None
         if self._engine is not None:
             await self._engine.close()
         logger.info("stopped")

@@ -65,6 +65,13 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         help="how long in-flight requests may finish after SIGTERM (%(default)s)",
     )
     serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=_DEFAULTS.metrics_port,
+        help="Prometheus metrics at http://HOST:PORT/metrics; 0 picks a free port (%(default)s)",
+    )
+    serve.add_argument("--no-metrics", action="store_true", help="do not serve Prometheus metrics")
+    serve.add_argument(
         "--reuse-port",
         action="store_true",
         help="set SO_REUSEPORT so several servers can share the port (off: a busy port fails)",
@@ -92,6 +99,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_concurrent_rpcs=args.max_concurrent_rpcs,
         grace_period_s=args.grace_period,
         reuse_port=args.reuse_port,
+        metrics_port=None if args.no_metrics else args.metrics_port,
         log_level=args.log_level,
         use_uvloop=not args.no_uvloop,
     )

@@ -19,6 +19,7 @@ class ServerConfig:
     max_concurrent_rpcs: int = 4096  # beyond this gRPC answers RESOURCE_EXHAUSTED
     grace_period_s: float = 30.0  # in-flight requests get this long after SIGTERM
     reuse_port: bool = False  # SO_REUSEPORT; off so a busy port fails loudly
+    metrics_port: int | None = 8002  # Prometheus text at /metrics; None: off; 0: any free port
     log_level: str = "info"
     use_uvloop: bool = True
 

@@ -12,11 +12,12 @@ from inferd.engines import EngineClient, EngineError, ModelInfo, TensorSpec
 from inferd.protos import grpc_service_pb2 as pb
 from inferd.protos import grpc_service_pb2_grpc as pb_grpc
 from inferd.server.codec import decode_infer_request, encode_infer_response, parse_version
+from inferd.server.statistics_codec import encode_model_statistics
 from inferd.server.status import maps_engine_errors
 
 SERVER_NAME = "inferd"
 # Only what inferd really answers; clients probe this list before using an extension.
-SUPPORTED_EXTENSIONS = ("classification", "model_configuration")
+SUPPORTED_EXTENSIONS = ("classification", "model_configuration", "schedule_policy", "statistics")
 
 
 def _version() -> str:
@@ -103,6 +104,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelConfigResponse(config=info.config)
 
     @maps_engine_errors
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        version = parse_version(request.version)
+        return encode_model_statistics(self._engine.statistics(request.name, version))
+
+    @maps_engine_errors
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryIndexResponse:
@@ -144,7 +152,6 @@ def _unimplemented(rpc: str, where: str) -> object:
 # "Method not implemented!".
 for _rpc, _where in (
     ("ModelStreamInfer", "streaming is planned; use ModelInfer"),
-    ("ModelStatistics", "statistics arrive with continuous batching"),
     ("RepositoryModelLoad", "model control is planned"),
     ("RepositoryModelUnload", "model control is planned"),
     ("SystemSharedMemoryStatus", "shared memory is planned"),

@@ -11,12 +11,23 @@ import threading
 from pathlib import Path
 
 _LISTENING = re.compile(r"listening on (\S+)")
+_METRICS = re.compile(r"metrics on (http://\S+)")
 _READY = "ready:"
 
 
 class ServerProcess:
     def __init__(self, repository: Path | None, *args: str, env: dict[str, str] | None = None):
-        command = [sys.executable, "-m", "inferd.server", "serve", "--grpc-port", "0", *args]
+        command = [
+            sys.executable,
+            "-m",
+            "inferd.server",
+            "serve",
+            "--grpc-port",
+            "0",
+            "--metrics-port",
+            "0",
+            *args,
+        ]
         if repository is not None:
             command += ["--model-repository", str(repository)]
         self.process = subprocess.Popen(
@@ -28,6 +39,7 @@ class ServerProcess:
         )
         self.log: list[str] = []
         self.address: str | None = None
+        self.metrics_url: str | None = None
         self._ready = threading.Event()
         self._reader = threading.Thread(target=self._read_log, daemon=True)
         self._reader.start()
@@ -37,9 +49,12 @@ class ServerProcess:
         with self.process.stderr:
             for line in self.process.stderr:
                 self.log.append(line)
-                match = _LISTENING.search(line)
-                if match and self.address is None:
-                    self.address = match.group(1).split(",")[0]
+                listening = _LISTENING.search(line)
+                if listening and self.address is None:
+                    self.address = listening.group(1).split(",")[0]
+                metrics = _METRICS.search(line)
+                if metrics:
+                    self.metrics_url = metrics.group(1)
                 if _READY in line:
                     self._ready.set()
         self.process.wait()  # output ended: the process is exiting; let poll() see it

@@ -510,7 +510,6 @@ def test_keepalive_pings_without_calls_are_not_punished(demo_server: ServerProce
 
 
 UNARY_UNIMPLEMENTED = {
-    "ModelStatistics": pb.ModelStatisticsRequest(name="simple"),
     "RepositoryModelLoad": pb.RepositoryModelLoadRequest(model_name="simple"),
     "RepositoryModelUnload": pb.RepositoryModelUnloadRequest(model_name="simple"),
     "SystemSharedMemoryStatus": pb.SystemSharedMemoryStatusRequest(),
@@ -549,8 +548,8 @@ def test_unimplemented_rpc_reaches_tritonclient_as_an_error(demo_server: ServerP
     client = triton.InferenceServerClient(demo_server.address)
     try:
         with pytest.raises(InferenceServerException) as failed:
-            client.get_inference_statistics("simple")
+            client.load_model("simple")
     finally:
         client.close()
     assert "UNIMPLEMENTED" in str(failed.value.status())
-    assert "inferd does not implement ModelStatistics yet" in failed.value.message()
+    assert "inferd does not implement RepositoryModelLoad yet" in failed.value.message()

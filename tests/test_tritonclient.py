@@ -237,7 +237,12 @@ def test_server_metadata(demo_client: tritongrpc.InferenceServerClient) -> None:
     metadata = demo_client.get_server_metadata()
     assert metadata.name == "inferd"
     assert metadata.version == importlib.metadata.version("inferd")
-    assert list(metadata.extensions) == ["classification", "model_configuration"]
+    assert list(metadata.extensions) == [
+        "classification",
+        "model_configuration",
+        "schedule_policy",
+        "statistics",
+    ]
     as_json = demo_client.get_server_metadata(as_json=True)
     assert as_json["name"] == "inferd"
 

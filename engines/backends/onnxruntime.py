@@ -121,7 +121,14 @@ class OnnxRuntimeBackend(Backend):
                     DEFAULT_MAX_BATCH_SIZE,
                     config.name,
                 )
-            elif not can_batch and config.max_batch_size != 0:
+            if (
+                can_batch
+                and config.max_batch_size > 1
+                and not config.HasField("dynamic_batching")
+                and not config.HasField("sequence_batching")
+            ):
+                config.dynamic_batching.SetInParent()  # Triton batches what it can batch
+            if not can_batch and config.max_batch_size != 0:
                 raise EngineError(
                     ErrorCode.INVALID_ARGUMENT,
                     f"autofill failed for model '{config.name}': model does not support "

@@ -1,0 +1,50 @@
+"""Engine statistics snapshots to the ModelStatistics RPC's protobuf. Protobuf stops here.
+
+Field for field as Triton fills ``ModelStatisticsResponse``: the version as a string,
+every ``InferStatistics`` duration present (the response-cache ones at zero, since inferd
+has no cache), one ``InferBatchStatistics`` per executed batch size in ascending order.
+``memory_usage`` and ``response_stats`` (decoupled models) stay empty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from inferd.engines.statistics import Duration, StatisticsSnapshot
+from inferd.protos import grpc_service_pb2 as pb
+
+
+def _set_duration(field: pb.StatisticDuration, duration: Duration) -> None:
+    field.SetInParent()  # present even when zero, as in Triton's answers
+    field.count = duration.count
+    field.ns = duration.ns
+
+
+def encode_model_statistics(
+    snapshots: Iterable[StatisticsSnapshot],
+) -> pb.ModelStatisticsResponse:
+    """One ``ModelStatistics`` per snapshot, in the order given."""
+    response = pb.ModelStatisticsResponse()
+    for snapshot in snapshots:
+        stats = response.model_stats.add(
+            name=snapshot.name,
+            version=str(snapshot.version),
+            last_inference=snapshot.last_inference_ms,
+            inference_count=snapshot.inference_count,
+            execution_count=snapshot.execution_count,
+        )
+        infer = stats.inference_stats
+        _set_duration(infer.success, snapshot.success)
+        _set_duration(infer.fail, snapshot.fail)
+        _set_duration(infer.queue, snapshot.queue)
+        _set_duration(infer.compute_input, snapshot.compute_input)
+        _set_duration(infer.compute_infer, snapshot.compute_infer)
+        _set_duration(infer.compute_output, snapshot.compute_output)
+        _set_duration(infer.cache_hit, Duration())
+        _set_duration(infer.cache_miss, Duration())
+        for batch in snapshot.batch_stats:
+            encoded = stats.batch_stats.add(batch_size=batch.batch_size)
+            _set_duration(encoded.compute_input, batch.compute_input)
+            _set_duration(encoded.compute_infer, batch.compute_infer)
+            _set_duration(encoded.compute_output, batch.compute_output)
+    return response
