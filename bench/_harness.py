@@ -1,0 +1,134 @@
+"""What the benchmarks share: a pinned server process, a closed load loop, CPU accounting,
+and an in-process onnxruntime baseline. Bounded: every loop stops after its seconds."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from inferd.clients import AsyncClient
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    label: str
+    requests: int
+    seconds: float
+    latencies_ms: np.ndarray
+    server_cpu: float | None = None  # fraction of one core the server process used
+    client_cpu: float | None = None  # fraction of one core the load process used
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+    def percentiles(self) -> tuple[float, float]:
+        p50, p99 = np.percentile(self.latencies_ms, [50, 99])
+        return float(p50), float(p99)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def percent(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{fraction:.0%}"
+
+
+class PinnedServer:
+    """``inferd serve`` on one core, no metrics port; stopped with SIGTERM."""
+
+    def __init__(self, repository: Path, core: int) -> None:
+        command = [
+            "taskset", "-c", str(core), sys.executable, "-m", "inferd.server", "serve",
+            "--grpc-port", "0", "--no-metrics", "--model-repository", str(repository),
+        ]  # fmt: skip
+        self.process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+        assert self.process.stderr is not None
+        address = None
+        for line in self.process.stderr:
+            match = re.search(r"listening on (\S+)", line)
+            if match:
+                address = match.group(1)
+            if "ready:" in line:
+                break
+        if address is None:
+            self.process.kill()
+            raise RuntimeError("inferd did not start")
+        self.address: str = address
+        self.pid = self.process.pid
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+
+
+async def closed_loop(
+    address: str,
+    server_pid: int,
+    model: str,
+    inputs: Mapping[str, np.ndarray],
+    concurrency: int,
+    seconds: float,
+    label: str,
+) -> Measurement:
+    """``concurrency`` requests always outstanding for ``seconds``."""
+    latencies: list[float] = []
+    async with AsyncClient(address) as client:
+        await client.infer(model, inputs)  # warm the channel
+        end = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            while time.perf_counter() < end:
+                begin = time.perf_counter()
+                await client.infer(model, inputs)
+                latencies.append((time.perf_counter() - begin) * 1000)
+
+        started = time.perf_counter()
+        server_before, client_before = cpu_seconds(server_pid), cpu_seconds(os.getpid())
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+        server_cpu = (cpu_seconds(server_pid) - server_before) / elapsed
+        client_cpu = (cpu_seconds(os.getpid()) - client_before) / elapsed
+    return Measurement(label, len(latencies), elapsed, np.array(latencies), server_cpu, client_cpu)
+
+
+def in_process(
+    model_file: Path, inputs: Mapping[str, np.ndarray], seconds: float, label: str
+) -> Measurement:
+    """The model called back to back with onnxruntime on one thread; requests = rows."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+    feed = dict(inputs)
+    rows = next(iter(feed.values())).shape[0]
+    session.run(None, feed)  # warm up
+    latencies = []
+    end = time.perf_counter() + seconds
+    started = time.perf_counter()
+    while time.perf_counter() < end:
+        begin = time.perf_counter()
+        session.run(None, feed)
+        latencies.append((time.perf_counter() - begin) * 1000)
+    return Measurement(
+        label, len(latencies) * rows, time.perf_counter() - started, np.array(latencies)
+    )
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
