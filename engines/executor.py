@@ -28,6 +28,7 @@ from inferd.engines.scheduler import (
     BatchingPolicy,
     PendingRequest,
     QueueFull,
+    Rejection,
     RejectReason,
     Scheduler,
 )
@@ -62,6 +63,10 @@ class ResponseOrder:
         self, sequence: int, future: asyncio.Future[Outputs], result: Outputs | BaseException | None
     ) -> None:
         """Record an answer (None: the request was cancelled) and release what is due."""
+        if sequence < self._next:
+            # Already released: a request cancelled while it ran gets its model answer
+            # after its slot went by; keeping it would hold it here forever.
+            return
         self._ready[sequence] = (future, result)
         while self._next in self._ready:
             ready_future, ready_result = self._ready.pop(self._next)
@@ -98,8 +103,13 @@ class BatchingExecutor:
         self._clock = clock
         self._jobs: dict[int, Job] = {}
         self._keys = itertools.count()
+        # Answer slots for preserve_ordering: taken only once a request is queued, so a
+        # request refused at once leaves no gap that would hold every later answer.
+        self._sequences = itertools.count()
         self._order = ResponseOrder() if policy.preserve_ordering else None
-        self._changed = threading.Condition()
+        lock = threading.Lock()
+        self._changed = threading.Condition(lock)  # instances: work may be ready
+        self._expiry_changed = threading.Condition(lock)  # the timekeeper: re-read expiries
         self._closed = False
         self._threads = [
             threading.Thread(
@@ -110,6 +120,11 @@ class BatchingExecutor:
             )
             for index, instance in enumerate(self._instances)
         ]
+        # Free instances expire requests when they ask for work; while every instance is
+        # busy, this thread answers queue timeouts and deadlines when they fall due.
+        self._threads.append(
+            threading.Thread(target=self._keep_time, name=f"inferd-{label}-timer", daemon=True)
+        )
         for thread in self._threads:
             thread.start()
 
@@ -139,11 +154,12 @@ class BatchingExecutor:
                 tuple(output_names),
                 loop,
                 future,
-                pending.key,
+                next(self._sequences),
                 time.perf_counter_ns(),
             )
             self._jobs[pending.key] = job
             self._changed.notify()
+            self._expiry_changed.notify()
         future.add_done_callback(lambda done: self._on_done(job, done))
         return await future
 
@@ -177,9 +193,7 @@ class BatchingExecutor:
         with self._changed:
             while not self._closed:
                 schedule = self._scheduler.schedule(self._clock())
-                for rejection in schedule.rejected:
-                    self._statistics.request_dequeued()
-                    self._reject(self._jobs.pop(rejection.request.key), rejection.reason)
+                self._answer_rejections(schedule.rejected)
                 if schedule.batch:
                     for _ in schedule.batch:
                         self._statistics.request_dequeued()
@@ -190,6 +204,20 @@ class BatchingExecutor:
                 if timeout is None or timeout > 0:
                     self._changed.wait(timeout)
             return None
+
+    def _keep_time(self) -> None:
+        with self._changed:
+            while not self._closed:
+                rejected, due = self._scheduler.expire(self._clock())
+                self._answer_rejections(rejected)
+                timeout = None if due is None else due - self._clock()
+                if timeout is None or timeout > 0:
+                    self._expiry_changed.wait(timeout)
+
+    def _answer_rejections(self, rejected: tuple[Rejection, ...]) -> None:
+        for rejection in rejected:
+            self._statistics.request_dequeued()
+            self._reject(self._jobs.pop(rejection.request.key), rejection.reason)
 
     def _reject(self, job: Job, reason: RejectReason) -> None:
         elapsed = time.perf_counter_ns() - job.queued_ns
@@ -245,12 +273,15 @@ class BatchingExecutor:
             if self._closed:
                 return
             self._closed = True
+            now_ns = time.perf_counter_ns()
             for job in self._jobs.values():
                 if self._scheduler.remove(job.pending.key):
                     self._statistics.request_dequeued()
+                self._statistics.record_failure(now_ns - job.queued_ns, FailureReason.OTHER)
                 self._answer(job, EngineError(ErrorCode.UNAVAILABLE, "server stopping"))
             self._jobs.clear()
             self._changed.notify_all()
+            self._expiry_changed.notify_all()
         for instance in self._instances:
             instance.cancel()
         for thread in self._threads:

@@ -374,6 +374,12 @@ class Scheduler:
             wait_until = due
         return Schedule(batch, rejected, wait_until)
 
+    def expire(self, now: float) -> tuple[tuple[Rejection, ...], float | None]:
+        """Expire what is due without forming a batch, and say when the next expiry falls:
+        for a timer that answers timeouts while every instance is busy."""
+        rejected = self._expire(now)
+        return rejected, self._next_expiry()
+
     def _queue_policy(self, level: int) -> QueuePolicy:
         if self._policy.priority_levels == 0:
             return self._policy.default_queue_policy

@@ -36,6 +36,12 @@ def _grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_ping_strikes", 0),
         ("grpc.http2.min_ping_interval_without_data_ms", 1000),
+        # gRPC core keeps calls the Python server has not picked up yet in a backlog and,
+        # past 1000 of them, drops some at random with a bare CANCELLED (a client reads
+        # that as its own cancellation; inferd never sees the call). A burst reaches that
+        # long before max_concurrent_rpcs, so the backlog gets the same bound.
+        ("grpc.server.max_pending_requests", config.max_concurrent_rpcs),
+        ("grpc.server.max_pending_requests_hard_limit", config.max_concurrent_rpcs),
     ]
 
 

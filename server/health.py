@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-ServingStatus = health_pb2.HealthCheckResponse.ServingStatus
+# The generated enum wrapper is a value, not a type; statuses are its int values.
+ServingStatus = int
 
 
 class HealthServicer(health_pb2_grpc.HealthServicer):

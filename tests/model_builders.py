@@ -184,3 +184,74 @@ output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 1 ] } ]
         {1: _identity_graph(TensorProto.FLOAT)},
     )
     return root
+
+
+# --- dynamic batching -------------------------------------------------------------------
+
+BATCHING_WIDTH = 4  # INPUT0's one non-batch dimension in the batching repository
+
+
+def _affine_graph() -> onnx.GraphProto:
+    """OUTPUT0 = 2 * INPUT0 + 1 element-wise and OUTPUT1 = each row's sum: rows that
+    got mixed up between requests show in either output."""
+    return helper.make_graph(
+        [
+            helper.make_node("Mul", ["INPUT0", "two"], ["doubled"]),
+            helper.make_node("Add", ["doubled", "one"], ["OUTPUT0"]),
+            helper.make_node("ReduceSum", ["INPUT0", "axes"], ["OUTPUT1"], keepdims=1),
+        ],
+        "affine",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", BATCHING_WIDTH])],
+        [
+            helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", BATCHING_WIDTH]),
+            helper.make_tensor_value_info("OUTPUT1", TensorProto.FLOAT, ["batch", 1]),
+        ],
+        initializer=[
+            numpy_helper.from_array(np.array(2, dtype=np.float32), "two"),
+            numpy_helper.from_array(np.array(1, dtype=np.float32), "one"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "axes"),
+        ],
+    )
+
+
+def _affine_config(name: str, max_batch_size: int, batching: str | None) -> str:
+    config = f"""
+name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: {max_batch_size}
+instance_group [ {{ kind: KIND_CPU count: 1 }} ]
+input [ {{ name: "INPUT0" data_type: TYPE_FP32 dims: [ {BATCHING_WIDTH} ] }} ]
+output [ {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ {BATCHING_WIDTH} ] }},
+         {{ name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 1 ] }} ]
+"""
+    if batching is not None:
+        config += f"dynamic_batching {{ {batching} }}\n"
+    return config
+
+
+# Each model runs on one instance, so one held request holds the model.
+BATCHING_MODELS: dict[str, tuple[int, str | None]] = {
+    # The reference: same graph, no dynamic batching.
+    "affine_plain": (8, None),
+    # A long delay, so requests sent together run together.
+    "affine_batched": (8, "max_queue_delay_microseconds: 200000"),
+    # Queue timeouts that a request's own `timeout` may shorten.
+    "affine_timeout": (
+        8,
+        "default_queue_policy { timeout_action: REJECT "
+        "default_timeout_microseconds: 60000000 allow_timeout_override: true }",
+    ),
+    "affine_deadline": (8, ""),
+    "affine_limited": (8, "default_queue_policy { max_queue_size: 2 }"),
+    "affine_counted": (8, "default_queue_policy { max_queue_size: 3 }"),
+    "affine_burst": (8, "default_queue_policy { max_queue_size: 8 }"),
+    # One request per execution, so the order of executions is the scheduling order.
+    "affine_priority": (1, "priority_levels: 2 default_priority_level: 2"),
+}
+
+
+def build_batching_repository(root: Path) -> Path:
+    """One FP32 [4] graph under several ``dynamic_batching`` configurations."""
+    for name, (max_batch_size, batching) in BATCHING_MODELS.items():
+        _write(root, name, _affine_config(name, max_batch_size, batching), {1: _affine_graph()})
+    return root
