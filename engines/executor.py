@@ -111,6 +111,7 @@ class BatchingExecutor:
         self._changed = threading.Condition(lock)  # instances: work may be ready
         self._expiry_changed = threading.Condition(lock)  # the timekeeper: re-read expiries
         self._closed = False
+        self._timer_due: float | None = None  # when the timer thread next looks
         self._threads = [
             threading.Thread(
                 target=self._run_instance,
@@ -159,7 +160,11 @@ class BatchingExecutor:
             )
             self._jobs[pending.key] = job
             self._changed.notify()
-            self._expiry_changed.notify()
+            # Wake the timer only when this request expires before it was going to look:
+            # most requests carry no deadline, and a wake-up per request costs throughput.
+            due = self._scheduler.next_expiry()
+            if due is not None and (self._timer_due is None or due < self._timer_due):
+                self._expiry_changed.notify()
         future.add_done_callback(lambda done: self._on_done(job, done))
         return await future
 
@@ -208,9 +213,9 @@ class BatchingExecutor:
     def _keep_time(self) -> None:
         with self._changed:
             while not self._closed:
-                rejected, due = self._scheduler.expire(self._clock())
+                rejected, self._timer_due = self._scheduler.expire(self._clock())
                 self._answer_rejections(rejected)
-                timeout = None if due is None else due - self._clock()
+                timeout = None if self._timer_due is None else self._timer_due - self._clock()
                 if timeout is None or timeout > 0:
                     self._expiry_changed.wait(timeout)
 
@@ -236,7 +241,20 @@ class BatchingExecutor:
             inputs = gather([job.inputs for job in jobs])
             names = sorted({name for job in jobs for name in job.output_names})
             infer_ns = time.perf_counter_ns()
-            outputs = instance.infer(inputs, names)
+            try:
+                outputs = instance.infer(inputs, names)
+            except Exception as exc:
+                if len(jobs) > 1 and not self._closed:
+                    # One request's data can fail a whole batch (a string that does not
+                    # parse, say): run them one by one so only that request fails.
+                    logger.warning(
+                        "model '%s' failed on a batch of %d requests (%s); running them one "
+                        "by one", self._label, len(jobs), exc,
+                    )  # fmt: skip
+                    for job in jobs:
+                        self._execute(instance, [job])
+                    return
+                raise
             output_ns = time.perf_counter_ns()
             per_request = scatter(outputs, rows)
         except Exception as exc:

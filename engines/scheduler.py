@@ -380,6 +380,10 @@ class Scheduler:
         rejected = self._expire(now)
         return rejected, self._next_expiry()
 
+    def next_expiry(self) -> float | None:
+        """When the earliest deadline or queue timeout of a queued request falls."""
+        return self._next_expiry()
+
     def _queue_policy(self, level: int) -> QueuePolicy:
         if self._policy.priority_levels == 0:
             return self._policy.default_queue_policy
