@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -47,13 +48,11 @@ def percent(fraction: float | None) -> str:
 
 
 class PinnedServer:
-    """``inferd serve`` on one core, no metrics port; stopped with SIGTERM."""
+    """A server process (``python -m MODULE ARGS``) pinned to one core, ready once it logs
+    ``listening on ADDRESS`` and then ``ready:``, as inferd and the bench peers do."""
 
-    def __init__(self, repository: Path, core: int) -> None:
-        command = [
-            "taskset", "-c", str(core), sys.executable, "-m", "inferd.server", "serve",
-            "--grpc-port", "0", "--no-metrics", "--model-repository", str(repository),
-        ]  # fmt: skip
+    def __init__(self, module_args: Sequence[str], core: int) -> None:
+        command = ["taskset", "-c", str(core), sys.executable, "-m", *module_args]
         self.process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
         assert self.process.stderr is not None
         address = None
@@ -65,15 +64,29 @@ class PinnedServer:
                 break
         if address is None:
             self.process.kill()
-            raise RuntimeError("inferd did not start")
+            raise RuntimeError(f"{' '.join(module_args)} did not start")
         self.address: str = address
         self.pid = self.process.pid
+        # Keep reading its log so a chatty server never blocks on a full pipe.
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        assert self.process.stderr is not None
+        for _ in self.process.stderr:
+            pass
+
+    @classmethod
+    def inferd(cls, repository: Path, core: int) -> PinnedServer:
+        """``inferd serve`` on ``repository``, no metrics port."""
+        return cls(
+            ["inferd.server", "serve", "--grpc-port", "0", "--no-metrics",
+             "--model-repository", str(repository)],
+            core,
+        )  # fmt: skip
 
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(30)
-        if self.process.stderr is not None:
-            self.process.stderr.close()
 
 
 async def closed_loop(

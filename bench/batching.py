@@ -126,7 +126,7 @@ def _sweep(
     label: str,
 ) -> list[tuple[Measurement, float]]:
     """Per concurrency: the measurement and the mean batch size the server executed."""
-    server = PinnedServer(repository, core)
+    server = PinnedServer.inferd(repository, core)
     results = []
     try:
         for concurrency in concurrencies:

@@ -42,7 +42,7 @@ def main() -> None:
     repository = cached_demo_repository()
     os.sched_setaffinity(0, {args.client_core})
     inputs = _INPUTS[args.model]()
-    server = PinnedServer(repository, args.server_core)
+    server = PinnedServer.inferd(repository, args.server_core)
     try:
         model_file = repository / args.model / "1" / "model.onnx"
         baseline = in_process(model_file, inputs, args.seconds, "in-process onnxruntime")

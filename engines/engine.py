@@ -36,6 +36,7 @@ class Engine:
     def __init__(self, repository: Path) -> None:
         self.repository = repository
         self._models: dict[str, LoadedModel] = {}
+        self._infos: dict[tuple[str, int | None], ModelInfo] = {}
 
     def load_all(self, parallelism: int = 4) -> None:
         """Load every model in the repository (blocking: call it off the event loop)."""
@@ -77,6 +78,13 @@ class Engine:
         return found
 
     def model_info(self, name: str, version: int | None) -> ModelInfo:
+        # Asked on every request; what it describes does not change once loaded.
+        info = self._infos.get((name, version))
+        if info is None:
+            info = self._infos[(name, version)] = self._describe(name, version)
+        return info
+
+    def _describe(self, name: str, version: int | None) -> ModelInfo:
         model = self.model(name, version)
         ready = (
             (model.version,) if version is not None else tuple(sorted(self._models[name].versions))
@@ -132,3 +140,4 @@ class Engine:
             for model in loaded.versions.values():
                 model.close()
         self._models.clear()
+        self._infos.clear()
