@@ -219,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--model-version", default="", help="(default: the latest)")
     infer.add_argument("-u", "--url", default=_DEFAULT_URL, help="server (%(default)s)")
 
+    # Listed here for --help; main() hands `inferd bench ...` to inferd.bench.cli whole.
+    commands.add_parser("bench", help="load-test a model (inferd bench --help for options)")
+
     demo = commands.add_parser(
         "demo-repository", help="write the bundled demo model repository to a directory"
     )
@@ -235,7 +238,12 @@ _COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["bench"]:
+        from inferd.bench.cli import main as bench
+
+        return bench(arguments[1:])
+    args = build_parser().parse_args(arguments)
     try:
         return _COMMANDS[args.command](args)
     except KeyboardInterrupt:
