@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import os
 from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 
@@ -40,16 +41,14 @@ def main() -> None:
     repository = cached_demo_repository()
     os.sched_setaffinity(0, {args.client_core})
     inputs = {"INPUT0": np.random.default_rng(0).random((1, args.elements), dtype=np.float32)}
-    servers = {
+
+    def echo(flavor: str) -> Callable[[], PinnedServer]:
+        module = ["inferd.bench.peers.echo_servicer", "--flavor", flavor]
+        return lambda: PinnedServer(module, args.server_core)
+
+    servers: dict[str, Callable[[], PinnedServer]] = {
         "inferd (identity_fp32)": lambda: PinnedServer.inferd(repository, args.server_core),
-        **{
-            f"echo servicer, {flavor}": (
-                lambda flavor=flavor: PinnedServer(
-                    ["inferd.bench.peers.echo_servicer", "--flavor", flavor], args.server_core
-                )
-            )
-            for flavor in FLAVORS
-        },
+        **{f"echo servicer, {flavor}": echo(flavor) for flavor in FLAVORS},
     }
     rates: dict[str, list[float]] = defaultdict(list)
     server_us: dict[str, list[float]] = defaultdict(list)  # server CPU per request
