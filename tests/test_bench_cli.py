@@ -105,3 +105,14 @@ def test_ranges_expand_like_perf_analyzer() -> None:
     assert expand_range("10:30:10", integer=False) == [10.0, 20.0, 30.0]
     with pytest.raises(ValueError, match="START"):
         expand_range("8:1", integer=True)
+
+
+def test_plot_is_a_png(demo_server: ServerProcess, tmp_path: Path) -> None:
+    assert demo_server.address is not None
+    image = tmp_path / "sweep.png"
+    code = main([
+        "-m", "simple", "-u", demo_server.address, "--concurrency-range", "1:2",
+        *SHORT, "--plot", str(image),
+    ])  # fmt: skip
+    assert code == 0
+    assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
