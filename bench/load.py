@@ -74,19 +74,6 @@ class _Window:
         self.errors[name] = self.errors.get(name, 0) + 1
 
 
-class _PooledClient(AsyncClient):
-    """An ``AsyncClient`` on a TCP connection of its own.
-
-    gRPC shares one connection between channels whose target and arguments are equal,
-    so a pool of plain clients would still be one HTTP/2 connection. A local subchannel
-    pool gives each channel its own.
-    """
-
-    def __init__(self, url: str, *, timeout: float | None) -> None:
-        super().__init__(url, timeout=timeout)
-        self._options.append(("grpc.use_local_subchannel_pool", 1))
-
-
 def send_offsets(
     rate: float,
     distribution: Distribution,
@@ -148,7 +135,13 @@ class LoadSession:
         self.inputs = dict(inputs)
         self.max_outstanding = max_outstanding
         self.drain_timeout_s = drain_timeout_s
-        self._clients = [_PooledClient(address, timeout=timeout) for _ in range(channels)]
+        # gRPC shares one connection between channels with equal target and arguments;
+        # a local subchannel pool gives each client a TCP connection of its own.
+        own_connection = [("grpc.use_local_subchannel_pool", 1)]
+        self._clients = [
+            AsyncClient(address, timeout=timeout, channel_options=own_connection)
+            for _ in range(channels)
+        ]
         self._rng = random.Random(seed)
         self._totals = LoadTotals()
 

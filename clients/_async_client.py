@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TypeVar
 
@@ -34,8 +34,14 @@ class AsyncClient(BaseClient):
         *,
         timeout: float | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        channel_options: Sequence[tuple[str, int | str]] = (),
     ) -> None:
-        super().__init__(url, timeout=timeout, max_message_bytes=max_message_bytes)
+        super().__init__(
+            url,
+            timeout=timeout,
+            max_message_bytes=max_message_bytes,
+            channel_options=channel_options,
+        )
         self._stub: GRPCInferenceServiceStub | None = None
         self._channel: grpc.aio.Channel | None = None
         self._closed = False

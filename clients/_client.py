@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TypeVar
 
@@ -34,12 +34,16 @@ class BaseClient:
         *,
         timeout: float | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        channel_options: Sequence[tuple[str, int | str]] = (),
     ) -> None:
         self._target = _target_of(url)
         self._timeout = timeout
+        # channel_options: extra gRPC channel arguments, e.g. keepalive settings, or
+        # ("grpc.use_local_subchannel_pool", 1) for a TCP connection of its own.
         self._options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
+            *channel_options,
         ]
 
     def _timeout_for(self, timeout: float | None) -> float | None:
@@ -68,8 +72,14 @@ class Client(BaseClient):
         *,
         timeout: float | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        channel_options: Sequence[tuple[str, int | str]] = (),
     ) -> None:
-        super().__init__(url, timeout=timeout, max_message_bytes=max_message_bytes)
+        super().__init__(
+            url,
+            timeout=timeout,
+            max_message_bytes=max_message_bytes,
+            channel_options=channel_options,
+        )
         self._channel = grpc.insecure_channel(self._target, options=self._options)
         self._stub = GRPCInferenceServiceStub(self._channel)
 
