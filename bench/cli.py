@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check(args)
         levels = _levels(args)
         shapes = dict(parse_shape(text) for text in args.shape)
-        with Client(args.url, timeout=args.request_timeout) as client:
+        with Client(args.url, timeout=max(args.request_timeout, 30.0)) as client:
             metadata = client.model_metadata(args.model_name, args.model_version)
             config = client.model_config(args.model_name, args.model_version)
         inputs = build_inputs(

@@ -16,6 +16,7 @@ from . import _codec
 from ._client import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_URL, BaseClient
 from ._codec import ModelMetadata, ParameterValue, RepositoryModel, ServerMetadata
 from ._errors import translated_rpc_errors
+from ._propagation import trace_metadata
 
 ResultT = TypeVar("ResultT")
 
@@ -135,5 +136,7 @@ class AsyncClient(BaseClient):
             self._stub = GRPCInferenceServiceStub(self._channel)
         method = getattr(self._stub, rpc.method)
         with translated_rpc_errors():
-            response = await method(rpc.request, timeout=self._timeout_for(timeout))
+            response = await method(
+                rpc.request, timeout=self._timeout_for(timeout), metadata=trace_metadata()
+            )
         return rpc.parse(response)

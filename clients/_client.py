@@ -15,6 +15,7 @@ from ..protos.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 from . import _codec
 from ._codec import ModelMetadata, ParameterValue, RepositoryModel, ServerMetadata
 from ._errors import translated_rpc_errors
+from ._propagation import trace_metadata
 
 ResultT = TypeVar("ResultT")
 
@@ -163,5 +164,7 @@ class Client(BaseClient):
     def _send(self, rpc: _codec.Rpc[ResultT], timeout: float | None) -> ResultT:
         method = getattr(self._stub, rpc.method)
         with translated_rpc_errors():
-            response = method(rpc.request, timeout=self._timeout_for(timeout))
+            response = method(
+                rpc.request, timeout=self._timeout_for(timeout), metadata=trace_metadata()
+            )
         return rpc.parse(response)

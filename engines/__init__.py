@@ -4,6 +4,9 @@ from inferd.engines.client import EngineClient, InProcessEngineClient
 from inferd.engines.engine import Engine, ModelInfo
 from inferd.engines.errors import EngineError, ErrorCode
 from inferd.engines.types import (
+    BatchMember,
+    BatchObserver,
+    BatchRecord,
     InferRequest,
     InferResponse,
     InputTensor,
@@ -15,6 +18,9 @@ from inferd.engines.types import (
 from inferd.engines.validation import TensorSpec
 
 __all__ = [
+    "BatchMember",
+    "BatchObserver",
+    "BatchRecord",
     "Engine",
     "EngineClient",
     "EngineError",

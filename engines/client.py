@@ -11,7 +11,7 @@ from typing import Protocol
 
 from inferd.engines.engine import Engine, ModelInfo
 from inferd.engines.statistics import StatisticsSnapshot
-from inferd.engines.types import InferRequest, InferResponse, ModelIndexEntry
+from inferd.engines.types import BatchObserver, InferRequest, InferResponse, ModelIndexEntry
 
 
 class EngineClient(Protocol):
@@ -38,8 +38,8 @@ class EngineClient(Protocol):
 class InProcessEngineClient:
     """The engine in this process; model work runs on its instance threads, off the loop."""
 
-    def __init__(self, repository: Path) -> None:
-        self._engine = Engine(repository)
+    def __init__(self, repository: Path, observer: BatchObserver | None = None) -> None:
+        self._engine = Engine(repository, observer)
         self._ready = False
 
     async def start(self) -> None:

@@ -11,7 +11,13 @@ from inferd.engines.errors import EngineError, ErrorCode
 from inferd.engines.model import ModelVersion
 from inferd.engines.repository import LoadedModel, load_model, model_directories
 from inferd.engines.statistics import StatisticsSnapshot
-from inferd.engines.types import InferRequest, InferResponse, ModelIndexEntry, ModelState
+from inferd.engines.types import (
+    BatchObserver,
+    InferRequest,
+    InferResponse,
+    ModelIndexEntry,
+    ModelState,
+)
 from inferd.engines.validation import TensorSpec
 from inferd.protos import model_config_pb2
 
@@ -33,8 +39,9 @@ class ModelInfo:
 
 
 class Engine:
-    def __init__(self, repository: Path) -> None:
+    def __init__(self, repository: Path, observer: BatchObserver | None = None) -> None:
         self.repository = repository
+        self._observer = observer
         self._models: dict[str, LoadedModel] = {}
         self._infos: dict[tuple[str, int | None], ModelInfo] = {}
 
@@ -47,7 +54,8 @@ class Engine:
             )
         directories = model_directories(self.repository)
         with ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="inferd-load") as pool:
-            for loaded in pool.map(load_model, directories):
+            loads = pool.map(lambda directory: load_model(directory, self._observer), directories)
+            for loaded in loads:
                 self._models[loaded.name] = loaded
 
     def model(self, name: str, version: int | None) -> ModelVersion:

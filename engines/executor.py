@@ -33,6 +33,7 @@ from inferd.engines.scheduler import (
     Scheduler,
 )
 from inferd.engines.statistics import FailureReason, ModelStatistics
+from inferd.engines.types import BatchMember, BatchObserver, BatchRecord
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class Job:
     future: asyncio.Future[Outputs]
     sequence: int  # arrival order, for preserve_ordering
     queued_ns: int  # time.perf_counter_ns() when queued
+    trace: object | None = None  # the front end's handle, for the BatchObserver
 
 
 class ResponseOrder:
@@ -85,7 +87,11 @@ def _resolve(future: asyncio.Future[Outputs], result: Outputs | BaseException) -
 
 
 class BatchingExecutor:
-    """The execution instances of one model version and the queue in front of them."""
+    """The execution instances of one model version and the queue in front of them.
+
+    ``label`` is ``model:version``; ``observer`` (tracing) hears of each batch that
+    carried a traced request; ``devices`` names each instance's device ("cpu").
+    """
 
     def __init__(
         self,
@@ -95,8 +101,12 @@ class BatchingExecutor:
         queue_capacity: int,
         statistics: ModelStatistics,
         clock: Callable[[], float] = time.monotonic,
+        observer: BatchObserver | None = None,
+        devices: Sequence[str] | None = None,
     ) -> None:
         self._label = label
+        self._observer = observer
+        self._devices = list(devices) if devices is not None else ["cpu"] * len(instances)
         self._instances = list(instances)
         self._scheduler = Scheduler(policy, queue_capacity)
         self._statistics = statistics
@@ -115,7 +125,7 @@ class BatchingExecutor:
         self._threads = [
             threading.Thread(
                 target=self._run_instance,
-                args=(instance,),
+                args=(index, instance),
                 name=f"inferd-{label}-{index}",
                 daemon=True,
             )
@@ -134,8 +144,12 @@ class BatchingExecutor:
         inputs: Mapping[str, np.ndarray],
         output_names: Sequence[str],
         pending: PendingRequest,
+        trace: object | None = None,
     ) -> Outputs:
-        """Queue one request and wait for its outputs; cancelling the wait removes it."""
+        """Queue one request and wait for its outputs; cancelling the wait removes it.
+
+        ``trace`` is handed to the observer with the batch the request rides in.
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outputs] = loop.create_future()
         with self._changed:
@@ -157,6 +171,7 @@ class BatchingExecutor:
                 future,
                 next(self._sequences),
                 time.perf_counter_ns(),
+                trace,
             )
             self._jobs[pending.key] = job
             self._changed.notify()
@@ -229,13 +244,14 @@ class BatchingExecutor:
         self._statistics.record_failure(elapsed, FailureReason.REJECTED)
         self._answer(job, reason.error())
 
-    def _run_instance(self, instance: BackendInstance) -> None:
+    def _run_instance(self, index: int, instance: BackendInstance) -> None:
         while (jobs := self._next_batch()) is not None:
-            self._execute(instance, jobs)
+            self._execute(index, instance, jobs)
         instance.close()
 
-    def _execute(self, instance: BackendInstance, jobs: list[Job]) -> None:
+    def _execute(self, index: int, instance: BackendInstance, jobs: list[Job]) -> None:
         started_ns = time.perf_counter_ns()
+        infer_ns = output_ns = started_ns
         rows = [job.pending.rows for job in jobs]
         try:
             inputs = gather([job.inputs for job in jobs])
@@ -252,7 +268,7 @@ class BatchingExecutor:
                         "by one", self._label, len(jobs), exc,
                     )  # fmt: skip
                     for job in jobs:
-                        self._execute(instance, [job])
+                        self._execute(index, instance, [job])
                     return
                 raise
             output_ns = time.perf_counter_ns()
@@ -265,6 +281,9 @@ class BatchingExecutor:
             for job in jobs:
                 self._statistics.record_failure(now_ns - job.queued_ns, FailureReason.BACKEND)
                 self._answer(job, exc)
+            self._observe(
+                index, jobs, (started_ns, infer_ns, max(output_ns, infer_ns), now_ns), exc.message
+            )
             return
         done_ns = time.perf_counter_ns()
         self._statistics.record_execution(
@@ -280,6 +299,43 @@ class BatchingExecutor:
                 request_ns=done_ns - job.queued_ns,
             )
             self._answer(job, {name: outputs_of_job[name] for name in job.output_names})
+        self._observe(index, jobs, (started_ns, infer_ns, output_ns, done_ns), None)
+
+    def _observe(
+        self,
+        index: int,
+        jobs: list[Job],
+        times: tuple[int, int, int, int],
+        error: str | None,
+    ) -> None:
+        """Tell the observer (tracing) of a batch with traced requests; else nothing."""
+        if self._observer is None:
+            return
+        members = tuple(
+            BatchMember(job.trace, job.queued_ns) for job in jobs if job.trace is not None
+        )
+        if not members:
+            return
+        name, _, version = self._label.rpartition(":")
+        start_ns, infer_ns, output_ns, done_ns = times
+        record = BatchRecord(
+            model=name,
+            version=int(version) if version.isdigit() else 0,
+            instance=index,
+            device=self._devices[index],
+            rows=sum(job.pending.rows for job in jobs),
+            requests=len(jobs),
+            start_ns=start_ns,
+            infer_start_ns=infer_ns,
+            infer_end_ns=output_ns,
+            done_ns=done_ns,
+            members=members,
+            error=error,
+        )
+        try:
+            self._observer.on_batch(record)
+        except Exception:  # observing must never fail the model
+            logger.exception("batch observer failed for model '%s'", self._label)
 
     def close(self) -> None:
         """Stop: answer queued work UNAVAILABLE, abort runs in progress, release instances.

@@ -82,7 +82,7 @@ class ModelVersion:
             timeout_s=int(request.parameters.get("timeout", 0)) / 1e6,  # Triton: microseconds
             deadline=request.deadline,
         )
-        results = await self.executor.run(feed, names, pending)
+        results = await self.executor.run(feed, names, pending, request.trace)
         outputs = []
         for spec in self.outputs:
             if spec.name not in results:

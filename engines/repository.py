@@ -20,7 +20,7 @@ from inferd.engines.executor import BatchingExecutor
 from inferd.engines.model import ModelVersion
 from inferd.engines.scheduler import BatchingPolicy
 from inferd.engines.statistics import ModelStatistics
-from inferd.engines.types import ModelIndexEntry, ModelState
+from inferd.engines.types import BatchObserver, ModelIndexEntry, ModelState
 from inferd.protos import model_config_pb2
 
 logger = logging.getLogger(__name__)
@@ -78,12 +78,17 @@ def _instance_specs(config: model_config_pb2.ModelConfig) -> list[InstanceSpec]:
 
 
 def _load_version(
-    backend: Backend, model_dir: Path, config: model_config_pb2.ModelConfig, version: int
+    backend: Backend,
+    model_dir: Path,
+    config: model_config_pb2.ModelConfig,
+    version: int,
+    observer: BatchObserver | None,
 ) -> ModelVersion:
     model_path = model_dir / str(version) / config.default_model_filename
     if not model_path.exists():
         raise FileNotFoundError(f"model file {model_path} does not exist")
-    instances = [backend.load(model_path, config, spec) for spec in _instance_specs(config)]
+    specs = _instance_specs(config)
+    instances = [backend.load(model_path, config, spec) for spec in specs]
     labels = {
         output.name: read_labels(model_dir / output.label_filename)
         for output in config.output
@@ -96,11 +101,13 @@ def _load_version(
         BatchingPolicy.from_config(config),
         DEFAULT_QUEUE_CAPACITY,
         statistics,
+        observer=observer,
+        devices=["cpu" if spec.kind == "CPU" else f"cuda:{spec.device or 0}" for spec in specs],
     )
     return ModelVersion(config, version, executor, statistics, labels)
 
 
-def load_model(model_dir: Path) -> LoadedModel:
+def load_model(model_dir: Path, observer: BatchObserver | None = None) -> LoadedModel:
     """Read, complete and validate one model's config, then load the versions it selects."""
     loaded = LoadedModel(model_dir.name)
     try:
@@ -130,7 +137,7 @@ def load_model(model_dir: Path) -> LoadedModel:
     loaded.config = config
     for version in selected:
         try:
-            loaded.versions[version] = _load_version(backend, model_dir, config, version)
+            loaded.versions[version] = _load_version(backend, model_dir, config, version, observer)
             logger.info("loaded model '%s' version %d", config.name, version)
         except Exception as exc:
             reason = _reason(exc)

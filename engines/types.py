@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -46,6 +47,9 @@ class InferRequest:
     request_id: str = ""
     parameters: dict[str, ParameterValue] = field(default_factory=dict)
     deadline: float | None = None  # time.monotonic() after which the answer is useless
+    # An opaque handle from the front end (its trace span), handed back with the batch
+    # the request rode in; None (tracing off) costs the engine nothing.
+    trace: object | None = None
 
 
 @dataclass(slots=True)
@@ -78,3 +82,35 @@ class ModelIndexEntry:
     version: str  # "" when the model failed before any version was known
     state: ModelState
     reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchMember:
+    trace: object  # the request's handle from InferRequest.trace
+    queued_ns: int  # time.perf_counter_ns() when it entered the queue
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """One execution, for observers (tracing): when each phase ran, on which instance,
+    and which traced requests rode in it. Times are time.perf_counter_ns()."""
+
+    model: str
+    version: int
+    instance: int
+    device: str  # "cpu", or "cuda:N"
+    rows: int
+    requests: int
+    start_ns: int  # taken from the queue
+    infer_start_ns: int  # inputs gathered
+    infer_end_ns: int
+    done_ns: int  # outputs split back
+    members: tuple[BatchMember, ...]
+    error: str | None = None
+
+
+class BatchObserver(Protocol):
+    """Told of every execution that carried at least one traced request, on the
+    instance's thread: keep it short and thread-safe."""
+
+    def on_batch(self, record: BatchRecord) -> None: ...

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -23,6 +24,9 @@ from inferd.server.health import HealthServicer
 from inferd.server.metrics import MetricsServer
 from inferd.server.reflection import INFERENCE_SERVICE, enable_reflection
 from inferd.server.servicer import InferenceServicer
+
+if TYPE_CHECKING:
+    from inferd.server.tracing import Tracing
 
 logger = logging.getLogger("inferd.server")
 
@@ -60,12 +64,39 @@ def _repository(config: ServerConfig) -> Path:
     return path
 
 
+def _tracing(config: ServerConfig) -> Tracing | None:
+    """Tracing from the flags or OTEL_* variables; None (off) unless asked for."""
+    exporter = config.trace_exporter or os.environ.get("OTEL_TRACES_EXPORTER")
+    if exporter in (None, "none"):
+        return None
+    try:
+        from inferd.server import tracing
+    except ImportError as exc:
+        raise EngineError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"tracing needs OpenTelemetry ({exc.name} is missing): pip install 'inferd[tracing]'",
+        ) from None
+    settings = tracing.tracing_config(config.trace_exporter, config.trace_rate)
+    if settings is None:
+        return None
+    logger.info(
+        "tracing: %s exporter, one request in %s", settings.exporter, settings.rate or "none"
+    )
+    return tracing.Tracing(settings)
+
+
 class InferenceServer:
     """An inferd gRPC server; ``async with`` it in tests, ``serve()`` it in production."""
 
-    def __init__(self, config: ServerConfig, engine: EngineClient | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        engine: EngineClient | None = None,
+        tracing: Tracing | None = None,
+    ) -> None:
         self.config = config
         self._engine = engine
+        self._tracing = tracing
         self._server: grpc.aio.Server | None = None
         self._health = HealthServicer()
         self._servicer: InferenceServicer | None = None
@@ -76,9 +107,11 @@ class InferenceServer:
         self._signals_received = 0
 
     async def start(self) -> None:
+        if self._tracing is None:
+            self._tracing = _tracing(self.config)
         if self._engine is None:
-            self._engine = InProcessEngineClient(_repository(self.config))
-        self._servicer = InferenceServicer(self._engine)
+            self._engine = InProcessEngineClient(_repository(self.config), self._tracing)
+        self._servicer = InferenceServicer(self._engine, self._tracing)
         server = grpc.aio.server(
             options=_grpc_options(self.config),
             maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
@@ -141,6 +174,8 @@ class InferenceServer:
             self._metrics = None
         if self._engine is not None:
             await self._engine.close()
+        if self._tracing is not None:
+            await asyncio.to_thread(self._tracing.shutdown)  # exports what is buffered
         logger.info("stopped")
 
     async def __aenter__(self) -> InferenceServer:

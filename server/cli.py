@@ -72,6 +72,20 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--no-metrics", action="store_true", help="do not serve Prometheus metrics")
     serve.add_argument(
+        "--trace-exporter",
+        choices=["none", "console", "otlp"],
+        help="OpenTelemetry traces (needs inferd[tracing]); OTLP endpoint, protocol and "
+        "headers come from the OTEL_EXPORTER_OTLP_* variables (default: "
+        "OTEL_TRACES_EXPORTER, else none)",
+    )
+    serve.add_argument(
+        "--trace-rate",
+        type=float,
+        metavar="FRACTION",
+        help="fraction of requests traced, 0..1; requests whose client span was sampled are "
+        "always traced (default: OTEL_TRACES_SAMPLER, else 1.0)",
+    )
+    serve.add_argument(
         "--reuse-port",
         action="store_true",
         help="set SO_REUSEPORT so several servers can share the port (off: a busy port fails)",
@@ -100,6 +114,8 @@ def _serve(args: argparse.Namespace) -> int:
         grace_period_s=args.grace_period,
         reuse_port=args.reuse_port,
         metrics_port=None if args.no_metrics else args.metrics_port,
+        trace_exporter=args.trace_exporter,
+        trace_rate=args.trace_rate,
         log_level=args.log_level,
         use_uvloop=not args.no_uvloop,
     )
@@ -111,7 +127,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         run(config)
-    except (OSError, EngineError) as exc:
+    except (OSError, EngineError, ValueError) as exc:
         logging.getLogger("inferd.server").error("%s", exc)
         return 1
     return 0

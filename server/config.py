@@ -20,6 +20,8 @@ class ServerConfig:
     grace_period_s: float = 30.0  # in-flight requests get this long after SIGTERM
     reuse_port: bool = False  # SO_REUSEPORT; off so a busy port fails loudly
     metrics_port: int | None = 8002  # Prometheus text at /metrics; None: off; 0: any free port
+    trace_exporter: str | None = None  # none|console|otlp; None: OTEL_TRACES_EXPORTER decides
+    trace_rate: float | None = None  # fraction traced; None: OTEL_TRACES_SAMPLER decides
     log_level: str = "info"
     use_uvloop: bool = True
 

@@ -5,19 +5,29 @@ from __future__ import annotations
 
 import importlib.metadata
 import time
+from typing import TYPE_CHECKING
 
 import grpc
 
-from inferd.engines import EngineClient, EngineError, ModelInfo, TensorSpec
+from inferd.engines import EngineClient, EngineError, ErrorCode, ModelInfo, TensorSpec
 from inferd.protos import grpc_service_pb2 as pb
 from inferd.protos import grpc_service_pb2_grpc as pb_grpc
 from inferd.server.codec import decode_infer_request, encode_infer_response, parse_version
 from inferd.server.statistics_codec import encode_model_statistics
 from inferd.server.status import maps_engine_errors
 
+if TYPE_CHECKING:  # opentelemetry is an optional extra: imported only when tracing is on
+    from inferd.server.tracing import Tracing
+
 SERVER_NAME = "inferd"
 # Only what inferd really answers; clients probe this list before using an extension.
-SUPPORTED_EXTENSIONS = ("classification", "model_configuration", "schedule_policy", "statistics")
+SUPPORTED_EXTENSIONS = (
+    "classification",
+    "model_configuration",
+    "schedule_policy",
+    "statistics",
+    "trace",
+)
 
 
 def _version() -> str:
@@ -41,8 +51,9 @@ def _tensor_metadata(
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, engine: EngineClient) -> None:
+    def __init__(self, engine: EngineClient, tracing: Tracing | None = None) -> None:
         self._engine = engine
+        self._tracing = tracing  # None: tracing off, and no tracing work at all
         self._server_version = _version()
         self._serving = True
 
@@ -134,8 +145,50 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._model(request.model_name, request.model_version)
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
-        response = await self._engine.infer(decode_infer_request(request, deadline))
-        return encode_infer_response(response)
+        if self._tracing is None:
+            response = await self._engine.infer(decode_infer_request(request, deadline))
+            return encode_infer_response(response)
+        trace = self._tracing.start_request(
+            context.invocation_metadata(), request.model_name, request.model_version, request.id
+        )
+        encode_start_ns: int | None = None
+        error: BaseException | None = None
+        try:
+            engine_request = decode_infer_request(request, deadline)
+            engine_request.trace = trace
+            response = await self._engine.infer(engine_request)
+            encode_start_ns = time.perf_counter_ns()
+            return encode_infer_response(response)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if trace is not None:
+                trace.end(error, encode_start_ns)
+
+    @maps_engine_errors
+    async def TraceSetting(
+        self, request: pb.TraceSettingRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TraceSettingResponse:
+        if request.model_name:
+            self._model(request.model_name, "")  # unknown model: NOT_FOUND
+        changes = {key: list(value.value) for key, value in request.settings.items()}
+        if self._tracing is None:
+            if changes:
+                raise EngineError(
+                    ErrorCode.UNAVAILABLE,
+                    "tracing is off: start inferd with --trace-exporter otlp|console (or "
+                    "OTEL_TRACES_EXPORTER) to trace requests",
+                )
+            effective = {"trace_level": "OFF", "trace_mode": "opentelemetry"}
+        elif changes:
+            effective = self._tracing.settings.update(request.model_name, changes)
+        else:
+            effective = self._tracing.settings.effective(request.model_name)
+        response = pb.TraceSettingResponse()
+        for key, value in effective.items():
+            response.settings[key].value.append(value)
+        return response
 
 
 def _unimplemented(rpc: str, where: str) -> object:
@@ -160,7 +213,6 @@ for _rpc, _where in (
     ("CudaSharedMemoryStatus", "CUDA shared memory is planned"),
     ("CudaSharedMemoryRegister", "CUDA shared memory is planned"),
     ("CudaSharedMemoryUnregister", "CUDA shared memory is planned"),
-    ("TraceSetting", "tracing is planned"),
     ("LogSettings", "log settings are planned"),
 ):
     setattr(InferenceServicer, _rpc, _unimplemented(_rpc, _where))

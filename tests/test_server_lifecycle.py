@@ -514,7 +514,6 @@ UNARY_UNIMPLEMENTED = {
     "RepositoryModelUnload": pb.RepositoryModelUnloadRequest(model_name="simple"),
     "SystemSharedMemoryStatus": pb.SystemSharedMemoryStatusRequest(),
     "CudaSharedMemoryStatus": pb.CudaSharedMemoryStatusRequest(),
-    "TraceSetting": pb.TraceSettingRequest(),
     "LogSettings": pb.LogSettingsRequest(),
 }
 

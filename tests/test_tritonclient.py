@@ -242,6 +242,7 @@ def test_server_metadata(demo_client: tritongrpc.InferenceServerClient) -> None:
         "model_configuration",
         "schedule_policy",
         "statistics",
+        "trace",
     ]
     as_json = demo_client.get_server_metadata(as_json=True)
     assert as_json["name"] == "inferd"
