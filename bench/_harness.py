@@ -51,9 +51,13 @@ class PinnedServer:
     """A server process (``python -m MODULE ARGS``) pinned to one core, ready once it logs
     ``listening on ADDRESS`` and then ``ready:``, as inferd and the bench peers do."""
 
-    def __init__(self, module_args: Sequence[str], core: int) -> None:
+    def __init__(
+        self, module_args: Sequence[str], core: int, env: Mapping[str, str] | None = None
+    ) -> None:
         command = ["taskset", "-c", str(core), sys.executable, "-m", *module_args]
-        self.process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            command, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
+        )
         assert self.process.stderr is not None
         address = None
         for line in self.process.stderr:
@@ -76,12 +80,19 @@ class PinnedServer:
             pass
 
     @classmethod
-    def inferd(cls, repository: Path, core: int) -> PinnedServer:
-        """``inferd serve`` on ``repository``, no metrics port."""
+    def inferd(
+        cls,
+        repository: Path,
+        core: int,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+    ) -> PinnedServer:
+        """``inferd serve`` on ``repository``, no metrics port, plus ``args``."""
         return cls(
             ["inferd.server", "serve", "--grpc-port", "0", "--no-metrics",
-             "--model-repository", str(repository)],
+             "--model-repository", str(repository), *args],
             core,
+            env,
         )  # fmt: skip
 
     def stop(self) -> None:

@@ -24,7 +24,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, SamplingResult
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from inferd.engines import BatchRecord, EngineError, ErrorCode
@@ -163,35 +163,6 @@ class TraceSettings:
             return True
 
 
-class _RootSampler(Sampler):
-    """Root spans (no client span) follow the TraceSetting rules; batch spans exist only
-    for traced requests, so they are always kept."""
-
-    def __init__(self, settings: TraceSettings) -> None:
-        self._settings = settings
-
-    def should_sample(  # type: ignore[override]
-        self,
-        parent_context,
-        trace_id,
-        name,
-        kind=None,
-        attributes=None,
-        links=None,
-        trace_state=None,
-    ) -> SamplingResult:
-        if name == "batch":
-            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
-        model = str((attributes or {}).get("inferd.model.name", ""))
-        decision = (
-            Decision.RECORD_AND_SAMPLE if self._settings.should_trace(model) else Decision.DROP
-        )
-        return SamplingResult(decision, attributes if decision.is_sampled() else None)
-
-    def get_description(self) -> str:
-        return "inferd TraceSetting sampler"
-
-
 def _exporter(config: TracingConfig) -> SpanExporter:
     if config.exporter == "console":
         return ConsoleSpanExporter()
@@ -248,8 +219,11 @@ class Tracing:
 
     def __init__(self, config: TracingConfig, exporter: SpanExporter | None = None) -> None:
         self.settings = TraceSettings(config.rate)
+        # Parent-based: a client's sampled span is always continued, an unsampled one
+        # never. Requests without one are decided in start_request, by the TraceSetting
+        # rules, before any span exists: an untraced request costs a counter, not a span.
         self._provider = TracerProvider(
-            sampler=ParentBased(root=_RootSampler(self.settings)), resource=Resource.create()
+            sampler=ParentBased(root=ALWAYS_ON), resource=Resource.create()
         )
         self._provider.add_span_processor(BatchSpanProcessor(exporter or _exporter(config)))
         self._tracer = self._provider.get_tracer("inferd")
@@ -264,7 +238,12 @@ class Tracing:
         """The request's server span, continuing the client's trace; None when not sampled."""
         started_ns = time.perf_counter_ns()
         carrier = {key: value for key, value in metadata or () if isinstance(value, str)}
-        parent = propagate.extract(carrier) if carrier else Context()
+        if "traceparent" in carrier:
+            parent = propagate.extract(carrier)
+        elif self.settings.should_trace(model):
+            parent = propagate.extract(carrier) if carrier else Context()  # baggage only
+        else:
+            return None
         span = self._tracer.start_span(
             "ModelInfer",
             context=parent,
