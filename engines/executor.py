@@ -278,14 +278,17 @@ class BatchingExecutor:
                 logger.exception("model '%s' failed on a batch of %d", self._label, sum(rows))
                 exc = EngineError(ErrorCode.INTERNAL, f"model '{self._label}' failed: {exc}")
             now_ns = time.perf_counter_ns()
-            for job in jobs:
-                self._statistics.record_failure(now_ns - job.queued_ns, FailureReason.BACKEND)
-                self._answer(job, exc)
+            # Observed before answering: a traced request's span ends with its answer.
             self._observe(
                 index, jobs, (started_ns, infer_ns, max(output_ns, infer_ns), now_ns), exc.message
             )
+            for job in jobs:
+                self._statistics.record_failure(now_ns - job.queued_ns, FailureReason.BACKEND)
+                self._answer(job, exc)
             return
         done_ns = time.perf_counter_ns()
+        # Observed before answering: a traced request's span ends with its answer.
+        self._observe(index, jobs, (started_ns, infer_ns, output_ns, done_ns), None)
         self._statistics.record_execution(
             sum(rows), infer_ns - started_ns, output_ns - infer_ns, done_ns - output_ns
         )
@@ -299,7 +302,6 @@ class BatchingExecutor:
                 request_ns=done_ns - job.queued_ns,
             )
             self._answer(job, {name: outputs_of_job[name] for name in job.output_names})
-        self._observe(index, jobs, (started_ns, infer_ns, output_ns, done_ns), None)
 
     def _observe(
         self,

@@ -173,6 +173,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if request.model_name:
             self._model(request.model_name, "")  # unknown model: NOT_FOUND
         changes = {key: list(value.value) for key, value in request.settings.items()}
+        if "trace_file" in changes:  # a path on the server: never settable over the network
+            raise EngineError(
+                ErrorCode.INVALID_ARGUMENT,
+                "trace_file cannot be set over the network: inferd exports spans with "
+                "OpenTelemetry (--trace-exporter, OTEL_EXPORTER_OTLP_ENDPOINT)",
+            )
         if self._tracing is None:
             if changes:
                 raise EngineError(

@@ -119,12 +119,6 @@ class TraceSettings:
 
     @staticmethod
     def _check(key: str, values: Sequence[str]) -> None:
-        if key == "trace_file":
-            raise EngineError(
-                ErrorCode.INVALID_ARGUMENT,
-                "trace_file cannot be set over the network: inferd exports spans with "
-                "OpenTelemetry (--trace-exporter, OTEL_EXPORTER_OTLP_ENDPOINT)",
-            )
         if key not in ("trace_level", "trace_rate", "trace_count", "log_frequency", "trace_mode"):
             raise EngineError(ErrorCode.INVALID_ARGUMENT, f"unknown trace setting '{key}'")
         if not values:
@@ -238,11 +232,13 @@ class Tracing:
         """The request's server span, continuing the client's trace; None when not sampled."""
         started_ns = time.perf_counter_ns()
         carrier = {key: value for key, value in metadata or () if isinstance(value, str)}
-        if "traceparent" in carrier:
-            parent = propagate.extract(carrier)
-        elif self.settings.should_trace(model):
-            parent = propagate.extract(carrier) if carrier else Context()  # baggage only
-        else:
+        parent = propagate.extract(carrier) if carrier else Context()
+        # A valid client span decides (parent-based); otherwise, a malformed traceparent
+        # included, the TraceSetting rules do.
+        has_parent = "traceparent" in carrier and (
+            trace.get_current_span(parent).get_span_context().is_valid
+        )
+        if not has_parent and not self.settings.should_trace(model):
             return None
         span = self._tracer.start_span(
             "ModelInfer",
