@@ -3,6 +3,7 @@ and an in-process onnxruntime baseline. Bounded: every loop stops after its seco
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import re
@@ -36,6 +37,15 @@ class Measurement:
     def percentiles(self) -> tuple[float, float]:
         p50, p99 = np.percentile(self.latencies_ms, [50, 99])
         return float(p50), float(p99)
+
+
+def add_pinning_arguments(parser: argparse.ArgumentParser, rounds: bool = False) -> None:
+    """The options every scripted comparison shares: window length, cores, rounds."""
+    if rounds:
+        parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (2)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per window (5)")
+    parser.add_argument("--server-core", type=int, default=0, help="(0)")
+    parser.add_argument("--client-core", type=int, default=1, help="(1)")
 
 
 def cpu_seconds(pid: int) -> float:

@@ -34,6 +34,7 @@ from onnx import TensorProto, helper, numpy_helper
 from inferd.bench._harness import (
     Measurement,
     PinnedServer,
+    add_pinning_arguments,
     closed_loop,
     in_process,
     markdown_table,
@@ -149,13 +150,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["cnn", "mlp"], default="mlp")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
-    parser.add_argument("--seconds", type=float, default=5.0)
+    add_pinning_arguments(parser, rounds=False)
     parser.add_argument(
         "--max-queue-delay-us", type=int, default=0,
         help="dynamic_batching max_queue_delay_microseconds for the batched run (%(default)s)",
     )  # fmt: skip
-    parser.add_argument("--server-core", type=int, default=0)
-    parser.add_argument("--client-core", type=int, default=1)
     args = parser.parse_args()
 
     os.sched_setaffinity(0, {args.client_core})

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from inferd.bench._harness import PinnedServer, closed_loop, markdown_table
+from inferd.bench._harness import PinnedServer, add_pinning_arguments, closed_loop, markdown_table
 from inferd.bench.peers.echo_servicer import FLAVORS
 
 MODEL = "identity_fp32"
@@ -30,10 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--elements", type=int, default=16, help="FP32 elements per request")
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--server-core", type=int, default=0)
-    parser.add_argument("--client-core", type=int, default=1)
+    add_pinning_arguments(parser, rounds=True)
     args = parser.parse_args()
 
     from inferd.engines.demo_repository import cached_demo_repository

@@ -16,7 +16,14 @@ import os
 
 import numpy as np
 
-from inferd.bench._harness import PinnedServer, closed_loop, in_process, markdown_table, percent
+from inferd.bench._harness import (
+    PinnedServer,
+    add_pinning_arguments,
+    closed_loop,
+    in_process,
+    markdown_table,
+    percent,
+)
 
 _INPUTS = {
     "simple": lambda: {
@@ -32,9 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="simple", choices=sorted(_INPUTS))
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--server-core", type=int, default=0)
-    parser.add_argument("--client-core", type=int, default=1)
+    add_pinning_arguments(parser, rounds=False)
     args = parser.parse_args()
 
     from inferd.engines.demo_repository import cached_demo_repository

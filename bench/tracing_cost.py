@@ -16,7 +16,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from inferd.bench._harness import PinnedServer, closed_loop, markdown_table
+from inferd.bench._harness import PinnedServer, add_pinning_arguments, closed_loop, markdown_table
 
 MODEL = "identity_fp32"
 SETTINGS = {
@@ -29,10 +29,7 @@ SETTINGS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--server-core", type=int, default=0)
-    parser.add_argument("--client-core", type=int, default=1)
+    add_pinning_arguments(parser, rounds=True)
     args = parser.parse_args()
 
     from inferd.engines.demo_repository import cached_demo_repository

@@ -14,6 +14,7 @@ pickled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import signal
 from collections.abc import Mapping
@@ -185,10 +186,10 @@ class _ProcessWorker:
 
     def close(self) -> None:
         try:
-            if self._process.is_alive():
-                self._connection.send(_Close())
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # it has exited already
+            # A broken pipe means the worker has exited already.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                if self._process.is_alive():
+                    self._connection.send(_Close())
         finally:
             self._connection.close()
             self._process.join(_EXIT_TIMEOUT_S)

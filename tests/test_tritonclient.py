@@ -36,6 +36,8 @@ BATCH_NOTE = (
     "model configuration docs for more info on max_batch_size."
 )
 CALL_TIMEOUT_S = 30.0
+# Written out here rather than imported from inferd.protos.datatypes: the wire test checks
+# inferd against the protocol, so it must not share inferd's own table.
 NUMPY_DTYPES = {
     "BOOL": np.dtype(np.bool_),
     "UINT8": np.dtype(np.uint8),

@@ -299,7 +299,11 @@ def _check_outputs(address: str, cnn_reference: tuple[np.ndarray, np.ndarray]) -
 def compare(args: argparse.Namespace) -> None:
     import onnxruntime as ort
 
-    from inferd.bench._harness import PinnedServer, closed_loop, markdown_table
+    from inferd.bench._harness import (
+        PinnedServer,
+        closed_loop,
+        markdown_table,
+    )
     from inferd.engines.demo_repository import cached_demo_repository
 
     repository = cached_demo_repository()
@@ -402,10 +406,9 @@ def main() -> None:
     compare_parser = commands.add_parser("compare", help="inferd against MLServer")
     compare_parser.add_argument("--elements", type=int, default=16)
     compare_parser.add_argument("--concurrency", type=int, default=64)
-    compare_parser.add_argument("--rounds", type=int, default=2)
-    compare_parser.add_argument("--seconds", type=float, default=5.0)
-    compare_parser.add_argument("--server-core", type=int, default=0)
-    compare_parser.add_argument("--client-core", type=int, default=1)
+    from inferd.bench._harness import add_pinning_arguments
+
+    add_pinning_arguments(compare_parser, rounds=True)
     for sub in (serve_parser, compare_parser):
         # Accepted after the command too, as the harness passes them.
         sub.add_argument("--cache", type=Path, default=argparse.SUPPRESS)
