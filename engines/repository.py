@@ -21,6 +21,7 @@ from inferd.engines.model import ModelVersion
 from inferd.engines.scheduler import BatchingPolicy
 from inferd.engines.statistics import ModelStatistics
 from inferd.engines.types import BatchObserver, ModelIndexEntry, ModelState
+from inferd.engines.warmup import warm_up
 from inferd.protos import model_config_pb2
 
 logger = logging.getLogger(__name__)
@@ -89,6 +90,12 @@ def _load_version(
         raise FileNotFoundError(f"model file {model_path} does not exist")
     specs = _instance_specs(config)
     instances = [backend.load(model_path, config, spec) for spec in specs]
+    try:
+        warm_up(config, model_dir, instances)  # ready only once every instance has run
+    except BaseException:
+        for instance in instances:
+            instance.close()
+        raise
     labels = {
         output.name: read_labels(model_dir / output.label_filename)
         for output in config.output
