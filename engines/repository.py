@@ -54,24 +54,45 @@ class LoadedModel:
         return entries
 
 
-def _instance_specs(config: model_config_pb2.ModelConfig) -> list[InstanceSpec]:
+def _instance_specs(config: model_config_pb2.ModelConfig, gpu_count: int) -> list[InstanceSpec]:
+    """Triton's placement: no instance_group means one instance per GPU when the backend
+    has GPUs, else two CPU instances; KIND_AUTO means GPU when there is one; KIND_GPU
+    without `gpus` means every GPU; `count` instances go on each listed GPU."""
     groups = list(config.instance_group)
     if not groups:
         group = config.instance_group.add()
-        group.kind = model_config_pb2.ModelInstanceGroup.KIND_CPU
-        group.count = DEFAULT_CPU_INSTANCE_COUNT
+        if gpu_count:
+            group.kind = model_config_pb2.ModelInstanceGroup.KIND_GPU
+            group.count = 1
+        else:
+            group.kind = model_config_pb2.ModelInstanceGroup.KIND_CPU
+            group.count = DEFAULT_CPU_INSTANCE_COUNT
         groups = [group]
     specs: list[InstanceSpec] = []
     for position, group in enumerate(groups):
         if not group.name:
             group.name = config.name if len(groups) == 1 else f"{config.name}_{position}"
+        if group.kind == model_config_pb2.ModelInstanceGroup.KIND_AUTO:
+            group.kind = (
+                model_config_pb2.ModelInstanceGroup.KIND_GPU
+                if gpu_count
+                else model_config_pb2.ModelInstanceGroup.KIND_CPU
+            )
         kind = model_config_pb2.ModelInstanceGroup.Kind.Name(group.kind).removeprefix("KIND_")
-        if kind == "AUTO":
-            kind = "CPU"  # no GPU backend is wired in this build
-            group.kind = model_config_pb2.ModelInstanceGroup.KIND_CPU
         if group.count < 1:
             group.count = 1
-        devices: list[int | None] = list(group.gpus) if kind == "GPU" and group.gpus else [None]
+        devices: list[int | None] = [None]
+        if kind == "GPU":
+            if not group.gpus:
+                group.gpus.extend(range(gpu_count))
+            missing = [gpu for gpu in group.gpus if not 0 <= gpu < gpu_count]
+            if missing or not group.gpus:
+                raise EngineError(
+                    ErrorCode.INVALID_ARGUMENT,
+                    f"instance group '{group.name}' of model '{config.name}' asks for GPU(s) "
+                    f"{missing or 'of any kind'}, but its backend sees {gpu_count} GPU(s) here",
+                )
+            devices = list(group.gpus)
         for device in devices:
             for _ in range(group.count):
                 specs.append(InstanceSpec(index=len(specs), kind=kind, device=device))
@@ -88,7 +109,7 @@ def _load_version(
     model_path = model_dir / str(version) / config.default_model_filename
     if not model_path.exists():
         raise FileNotFoundError(f"model file {model_path} does not exist")
-    specs = _instance_specs(config)
+    specs = _instance_specs(config, backend.gpu_count())
     instances = [backend.load(model_path, config, spec) for spec in specs]
     try:
         warm_up(config, model_dir, instances)  # ready only once every instance has run
@@ -134,7 +155,9 @@ def load_model(model_dir: Path, observer: BatchObserver | None = None) -> Loaded
         if not config.HasField("version_policy"):
             config.version_policy.latest.num_versions = 1
         validate_config(config)
-        _instance_specs(config)  # fills the default instance_group into the reported config
+        _instance_specs(
+            config, backend.gpu_count()
+        )  # fills the default instance_group into the reported config
         selected = select_versions(config, available)
     except Exception as exc:  # one broken model must not stop the others
         reason = _reason(exc)

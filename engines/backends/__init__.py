@@ -17,9 +17,20 @@ __all__ = ["Backend", "BackendInstance", "InstanceSpec", "get_backend", "resolve
 
 _BACKEND_CLASSES: dict[str, str] = {
     "onnxruntime": "inferd.engines.backends.onnxruntime:OnnxRuntimeBackend",
+    # Triton's name for its PyTorch backend is "pytorch"; "torch" is accepted too.
+    "pytorch": "inferd.engines.backends.pytorch:TorchBackend",
+    "torch": "inferd.engines.backends.pytorch:TorchBackend",
 }
-_BACKEND_BY_PLATFORM: dict[str, str] = {"onnxruntime_onnx": "onnxruntime"}
-_BACKEND_BY_MODEL_FILE: dict[str, str] = {"model.onnx": "onnxruntime"}
+_EXTRA_BY_BACKEND: dict[str, str] = {"pytorch": "torch"}
+_BACKEND_BY_PLATFORM: dict[str, str] = {
+    "onnxruntime_onnx": "onnxruntime",
+    "pytorch_libtorch": "pytorch",
+}
+_BACKEND_BY_MODEL_FILE: dict[str, str] = {
+    "model.onnx": "onnxruntime",
+    "model.pt": "pytorch",
+    "model.pt2": "pytorch",
+}
 
 
 def get_backend(name: str) -> Backend:
@@ -31,7 +42,15 @@ def get_backend(name: str) -> Backend:
             ErrorCode.INVALID_ARGUMENT, f"unknown backend '{name}' (inferd has: {known})"
         ) from None
     module_name, class_name = target.split(":")
-    backend_class = getattr(importlib.import_module(module_name), class_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise EngineError(
+            ErrorCode.UNSUPPORTED,
+            f"backend '{name}' needs a package that is not installed ({exc.name}): "
+            f"pip install 'inferd[{_EXTRA_BY_BACKEND.get(name, name)}]'",
+        ) from None
+    backend_class = getattr(module, class_name)
     backend: Backend = backend_class()
     return backend
 

@@ -45,6 +45,11 @@ class Backend(abc.ABC):
     platforms: ClassVar[tuple[str, ...]]  # the config's `platform` names it serves
     default_model_filename: ClassVar[str]
 
+    def gpu_count(self) -> int:
+        """The GPUs this runtime can place instances on (KIND_AUTO and the default
+        instance group use them when there are any)."""
+        return 0
+
     @abc.abstractmethod
     def complete_config(
         self,
