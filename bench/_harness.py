@@ -62,8 +62,9 @@ class PinnedServer:
     ``listening on ADDRESS`` and then ``ready:``, as inferd and the bench peers do."""
 
     def __init__(
-        self, module_args: Sequence[str], core: int, env: Mapping[str, str] | None = None
+        self, module_args: Sequence[str], core: int | str, env: Mapping[str, str] | None = None
     ) -> None:
+        """``core``: one core, or a taskset list such as ``0-7``."""
         command = ["taskset", "-c", str(core), sys.executable, "-m", *module_args]
         self.process = subprocess.Popen(
             command, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
@@ -93,7 +94,7 @@ class PinnedServer:
     def inferd(
         cls,
         repository: Path,
-        core: int,
+        core: int | str,
         *args: str,
         env: Mapping[str, str] | None = None,
     ) -> PinnedServer:

@@ -23,7 +23,7 @@ import numpy as np
 
 from inferd.engines.backends import BackendInstance
 from inferd.engines.errors import EngineError, ErrorCode
-from inferd.engines.packing import gather, scatter
+from inferd.engines.packing import scatter
 from inferd.engines.scheduler import (
     BatchingPolicy,
     PendingRequest,
@@ -254,7 +254,7 @@ class BatchingExecutor:
         infer_ns = output_ns = started_ns
         rows = [job.pending.rows for job in jobs]
         try:
-            inputs = gather([job.inputs for job in jobs])
+            inputs = instance.gather([job.inputs for job in jobs])
             names = sorted({name for job in jobs for name in job.output_names})
             infer_ns = time.perf_counter_ns()
             try:

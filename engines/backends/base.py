@@ -10,6 +10,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from inferd.engines.packing import gather
 from inferd.protos import model_config_pb2
 
 
@@ -23,7 +24,14 @@ class InstanceSpec:
 
 
 class BackendInstance(abc.ABC):
-    """One loaded copy of a model. ``infer`` is called from one instance thread at a time."""
+    """One loaded copy of a model. ``gather`` and ``infer`` are called from one instance
+    thread at a time."""
+
+    def gather(self, requests: Sequence[Mapping[str, np.ndarray]]) -> Mapping[str, np.ndarray]:
+        """Stack the requests of a batch into one input per name. A runtime that stages
+        inputs somewhere (pinned memory for a GPU) overrides this to write them there
+        directly, saving a copy of the whole batch."""
+        return gather(requests)
 
     @abc.abstractmethod
     def infer(

@@ -99,12 +99,17 @@ class CudaGraphSet:
                 torch.zeros((bucket, *shape), dtype=dtype, device=device)
                 for shape, dtype in zip(self._row_shapes, dtypes, strict=True)
             ]
+            stream.wait_stream(torch.cuda.current_stream(device))  # the zeros are written
             with torch.cuda.stream(stream):
                 for _ in range(_WARMUP_RUNS):
                     forward(inputs)
             stream.synchronize()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool, stream=stream):
+            # thread_local: other instances may be running kernels (and allocating) on
+            # other threads while this one captures.
+            with torch.cuda.graph(
+                graph, pool=pool, stream=stream, capture_error_mode="thread_local"
+            ):
                 outputs = forward(inputs)
             self._graphs[bucket] = _Captured(graph, inputs, outputs)
 

@@ -308,10 +308,18 @@ class _PinnedStaging:
         if name not in self._buffers or self._buffers[name].numel() < nbytes:
             self._buffers[name] = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
 
+    def host_array(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """The input's buffer as an array of ``shape``, to write a batch into."""
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        self.reserve(name, nbytes)
+        return self._buffers[name][:nbytes].numpy().view(dtype).reshape(shape)
+
     def stage(self, name: str, array: np.ndarray) -> torch.Tensor:
-        self.reserve(name, array.nbytes)
+        """The input in pinned memory, copied there unless ``gather`` put it there."""
+        buffer = self._buffers.get(name)
+        if buffer is None or array.ctypes.data != buffer.data_ptr():
+            np.copyto(self.host_array(name, array.shape, array.dtype), array, casting="no")
         host = self._buffers[name][: array.nbytes]
-        np.copyto(host.numpy().view(array.dtype).reshape(array.shape), array, casting="no")
         return host.view(TORCH_DTYPES[datatype_of(array)]).view(array.shape)
 
 
@@ -418,6 +426,18 @@ class TorchInstance(BackendInstance):
         if self._model_dtype is not None and tensor.dtype.is_floating_point:
             tensor = tensor.to(self._model_dtype)
         return tensor
+
+    def gather(self, requests: Sequence[Mapping[str, np.ndarray]]) -> Mapping[str, np.ndarray]:
+        if self._staging is None or len(requests) == 1:
+            return super().gather(requests)
+        batch: dict[str, np.ndarray] = {}
+        for name, first in requests[0].items():
+            parts = [request[name] for request in requests]
+            shape = (sum(part.shape[0] for part in parts), *first.shape[1:])
+            batch[name] = np.concatenate(
+                parts, out=self._staging.host_array(name, shape, first.dtype)
+            )
+        return batch
 
     def infer(
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
