@@ -14,7 +14,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$OUT/env.txt" 2>&1
 lscpu | grep -E "^Model name|^CPU\(s\)" >>"$OUT/env.txt"
-timeout 240 python3 -m pytest tests/test_torch_backend.py -q -p no:cacheprovider 2>&1 \
+timeout 150 python3 -m pytest tests/test_torch_backend.py -q -p no:cacheprovider 2>&1 \
     | tee "$OUT/pytest.txt" | tail -n 15
-timeout 450 python3 -m inferd.bench.gpu_torch --out "$OUT" "$@" 2>&1 \
+timeout 420 python3 -m inferd.bench.gpu_torch --out "$OUT" "$@" 2>&1 \
     | tee "$OUT/bench.log" | tail -n 45
