@@ -76,7 +76,12 @@ class BertEncoder(torch.nn.Module):
     def forward(self, input_ids):
         # An id outside the vocabulary would trip a device-side assert, which ends the
         # CUDA context of the whole process: clamp instead.
-        return self.bert(input_ids=input_ids.clamp(0, VOCAB - 1)).pooler_output
+        embedded = self.bert.embeddings(input_ids=input_ids.clamp(0, VOCAB - 1))
+        # No attention mask (every token counts): BertModel's own forward builds one and
+        # asks the host whether it is all ones (a sync per batch), and while a CUDA graph
+        # is captured it keeps the mask, which leaves flash attention for a slower kernel.
+        # Same answer, measured equal to BertModel(...).pooler_output.
+        return self.bert.pooler(self.bert.encoder(embedded)[0])
 
 
 def create_model():
@@ -185,6 +190,10 @@ class EngineResult:
     throughput: float  # requests (= rows) per second through the engine
     batch_sizes: dict[int, int]  # executions per batch size
     mean_batch: float
+    queue_ms: float  # mean per request
+    gather_ms: float  # means per execution: requests stacked into the staging buffers
+    infer_ms: float  # upload, compute, download, wait for the batch's event
+    scatter_ms: float  # outputs split and handed back to the event loop
     ceiling: float = 0.0  # rows/s of the module alone at the same batch sizes
     ceiling_coverage: float = 0.0  # share of rows whose batch size was timed
     efficiency: float = 0.0
@@ -213,17 +222,38 @@ async def _drive_engine(client, model: BenchModel, concurrency: int, seconds: fl
     tasks = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
     await asyncio.sleep(warmup)
     measuring, started = True, time.perf_counter()
-    before = {s.batch_size: s.compute_infer.count for s in _batch_stats(client, model)}
+    (before,) = client.statistics(model.name, None)
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - started
-    after = {s.batch_size: s.compute_infer.count for s in _batch_stats(client, model)}
-    batches = {size: count - before.get(size, 0) for size, count in after.items()}
-    return completed, elapsed, {size: count for size, count in batches.items() if count}
+    (after,) = client.statistics(model.name, None)
+    return completed, elapsed, _phases(before, after)
 
 
-def _batch_stats(client, model: BenchModel):
-    (snapshot,) = client.statistics(model.name, None)
-    return snapshot.batch_stats
+def _phases(before, after) -> dict:
+    """What the statistics say happened between two snapshots."""
+    counted = {stats.batch_size: stats for stats in before.batch_stats}
+
+    def delta(stats, phase: str) -> tuple[int, int]:
+        old = getattr(counted[stats.batch_size], phase) if stats.batch_size in counted else None
+        new = getattr(stats, phase)
+        return new.count - (old.count if old else 0), new.ns - (old.ns if old else 0)
+
+    batches, phase_ns = {}, {"compute_input": 0, "compute_infer": 0, "compute_output": 0}
+    for stats in after.batch_stats:
+        count, _ = delta(stats, "compute_infer")
+        if count:
+            batches[stats.batch_size] = count
+        for phase in phase_ns:
+            phase_ns[phase] += delta(stats, phase)[1]
+    executions = max(sum(batches.values()), 1)
+    queued = max(after.queue.count - before.queue.count, 1)
+    return {
+        "batches": batches,
+        "queue_ms": (after.queue.ns - before.queue.ns) / queued / 1e6,
+        "gather_ms": phase_ns["compute_input"] / executions / 1e6,
+        "infer_ms": phase_ns["compute_infer"] / executions / 1e6,
+        "scatter_ms": phase_ns["compute_output"] / executions / 1e6,
+    }
 
 
 def engine_run(
@@ -247,11 +277,13 @@ def engine_run(
             finally:
                 await client.close()
 
-        completed, elapsed, batches = uvloop.run(run())
+        completed, elapsed, phases = uvloop.run(run())
+    batches = phases["batches"]
     rows = sum(size * count for size, count in batches.items())
     return EngineResult(
         model.name, graphs, instances, concurrency, completed, elapsed, completed / elapsed,
-        batches, rows / max(sum(batches.values()), 1),
+        batches, rows / max(sum(batches.values()), 1), phases["queue_ms"], phases["gather_ms"],
+        phases["infer_ms"], phases["scatter_ms"],
     )  # fmt: skip
 
 
@@ -300,25 +332,29 @@ def direct_ceiling(model: BenchModel, graphs: bool, gpu: bool, batches: dict[int
     return rows / seconds, covered / max(total_rows, 1)
 
 
-def _time_call(forward: Callable[[], object], gpu: bool, stream, iterations: int = 20) -> float:
+def _time_call(forward: Callable[[], object], gpu: bool, stream) -> float:
+    """Seconds per call: enough calls for about 0.2 s, the best of three such runs (the
+    GPU's clocks and a shared host drift; the best run is the module's own speed)."""
     import torch
 
-    if not gpu:
-        forward()
-        started = time.perf_counter()
-        for _ in range(iterations):
-            forward()
-        return (time.perf_counter() - started) / iterations
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            forward()
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record(stream)
-        for _ in range(iterations):
-            forward()
-        end.record(stream)
-    end.synchronize()
-    return begin.elapsed_time(end) / 1000 / iterations
+    def run(calls: int) -> float:
+        if not gpu:
+            started = time.perf_counter()
+            for _ in range(calls):
+                forward()
+            return (time.perf_counter() - started) / calls
+        with torch.cuda.stream(stream):
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record(stream)
+            for _ in range(calls):
+                forward()
+            end.record(stream)
+        end.synchronize()
+        return begin.elapsed_time(end) / 1000 / calls
+
+    run(3)  # warm up
+    calls = max(5, int(0.2 / max(run(5), 1e-6)))
+    return min(run(calls) for _ in range(3))
 
 
 # --- 2. end to end over gRPC -------------------------------------------------------
@@ -335,6 +371,7 @@ class EndToEndResult:
     server_cpu_cores: float  # the whole server process
     event_loop_cpu: float  # its main thread (event loop, decoding), fraction of a core
     gpu_utilisation: float | None  # nvidia-smi's mean over the level, percent
+    load_cpu: float  # the load processes together, in cores
     errors: dict[str, int] = field(default_factory=dict)
 
 
@@ -417,6 +454,7 @@ def end_to_end(
                         (cpu_seconds(server.pid) - cpu_before) / elapsed,
                         (_thread_cpu_seconds(server.pid, server.pid) - loop_before) / elapsed,
                         sampler.mean(),
+                        level["client_cpu"],
                         level["errors"],
                     )
                 )
@@ -467,6 +505,8 @@ def render(document: dict) -> str:
                     "ceiling rows/s",
                     "efficiency",
                     "ceiling covers",
+                    "queue ms",
+                    "gather / infer / scatter ms per batch",
                 ],
                 [
                     [
@@ -478,6 +518,8 @@ def render(document: dict) -> str:
                         f"{r['ceiling']:,.0f}",
                         f"{r['efficiency']:.0%}",
                         f"{r['ceiling_coverage']:.0%}",
+                        f"{r['queue_ms']:.1f}",
+                        f"{r['gather_ms']:.2f} / {r['infer_ms']:.2f} / {r['scatter_ms']:.2f}",
                     ]
                     for r in engine
                 ],
@@ -497,6 +539,7 @@ def render(document: dict) -> str:
                     "server CPU (cores)",
                     "event loop thread",
                     "GPU util %",
+                    "load CPU (cores)",
                     "errors",
                 ],
                 [
@@ -509,6 +552,7 @@ def render(document: dict) -> str:
                         f"{r['server_cpu_cores']:.2f}",
                         f"{r['event_loop_cpu']:.0%}",
                         "-" if r["gpu_utilisation"] is None else f"{r['gpu_utilisation']:.0f}",
+                        f"{r['load_cpu']:.2f}",
                         str(sum(r["errors"].values())),
                     ]
                     for r in e2e
