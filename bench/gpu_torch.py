@@ -564,6 +564,12 @@ def render(document: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _graph_modes(choice: str, gpu: bool) -> list[bool]:
+    if not gpu:
+        return [False]
+    return {"both": [False, True], "on": [True], "off": [False]}[choice]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -575,7 +581,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4, help="end to end: load processes")
     parser.add_argument("--window-ms", type=int, default=3000)
     parser.add_argument("--skip", default="", help="comma list: engine, e2e")
+    parser.add_argument("--graphs", choices=["both", "on", "off"], default="both")
+    parser.add_argument("--switch-interval", type=float, default=None, help="GIL, seconds")
     args = parser.parse_args()
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
 
     gpu = not args.smoke
     models = SMOKE_MODELS if args.smoke else GPU_MODELS
@@ -593,7 +603,7 @@ def main() -> None:
     skip = set(args.skip.split(","))
     if "engine" not in skip:
         for model in models:
-            for graphs in [False, True] if gpu else [False]:
+            for graphs in _graph_modes(args.graphs, gpu):
                 for instances in map(int, args.instances.split(",")):
                     label = f"engine {model.name} graphs={graphs} instances={instances}"
                     try:
