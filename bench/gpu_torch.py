@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from inferd.bench._harness import PinnedServer, cpu_seconds, markdown_table
+from inferd.engines.executor import GIL_SWITCH_INTERVAL_S
 
 RESNET_SOURCE = """
 import torch
@@ -582,10 +583,14 @@ def main() -> None:
     parser.add_argument("--window-ms", type=int, default=3000)
     parser.add_argument("--skip", default="", help="comma list: engine, e2e")
     parser.add_argument("--graphs", choices=["both", "on", "off"], default="both")
-    parser.add_argument("--switch-interval", type=float, default=None, help="GIL, seconds")
+    parser.add_argument(
+        "--switch-interval",
+        type=float,
+        default=GIL_SWITCH_INTERVAL_S,
+        help="GIL switch interval, seconds (default: what inferd serve sets)",
+    )
     args = parser.parse_args()
-    if args.switch_interval is not None:
-        sys.setswitchinterval(args.switch_interval)
+    sys.setswitchinterval(args.switch_interval)
 
     gpu = not args.smoke
     models = SMOKE_MODELS if args.smoke else GPU_MODELS

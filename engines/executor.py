@@ -39,6 +39,13 @@ logger = logging.getLogger(__name__)
 
 Outputs = dict[str, np.ndarray]
 
+# What `inferd serve` sets as the GIL switch interval (sys.setswitchinterval): how long a
+# thread holding the GIL runs while another waits. At Python's 5 ms, an instance thread
+# whose GPU batch has finished waits behind the busy event loop before it can answer and
+# launch the next; at 0.5 ms BERT-base went from 77% to 96% of its ceiling on an H200
+# (docs/benchmarks.md), with no change measured on CPU models.
+GIL_SWITCH_INTERVAL_S = 0.0005
+
 
 @dataclass(slots=True)
 class Job:

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inferd.engines.backends import Backend, InstanceSpec, resolve_backend
+from inferd.engines.backends import Backend, BackendInstance, InstanceSpec, resolve_backend
 from inferd.engines.classification import read_labels
 from inferd.engines.config import read_config, select_versions, validate_config, version_directories
 from inferd.engines.errors import EngineError, ErrorCode
@@ -109,19 +109,22 @@ def _load_version(
     model_path = model_dir / str(version) / config.default_model_filename
     if not model_path.exists():
         raise FileNotFoundError(f"model file {model_path} does not exist")
-    specs = _instance_specs(config, backend.gpu_count())
-    instances = [backend.load(model_path, config, spec) for spec in specs]
-    try:
-        warm_up(config, model_dir, instances)  # ready only once every instance has run
-    except BaseException:
-        for instance in instances:
-            instance.close()
-        raise
     labels = {
         output.name: read_labels(model_dir / output.label_filename)
         for output in config.output
         if output.label_filename
     }
+    specs = _instance_specs(config, backend.gpu_count())
+    instances: list[BackendInstance] = []
+    try:
+        for spec in specs:
+            instances.append(backend.load(model_path, config, spec))
+        warm_up(config, model_dir, instances)  # ready only once every instance has run
+    except BaseException:
+        # Instances hold device memory and threads: a failed version releases its own.
+        for instance in instances:
+            instance.close()
+        raise
     statistics = ModelStatistics(config.name, version, config.max_batch_size)
     executor = BatchingExecutor(
         f"{config.name}:{version}",

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -209,7 +210,14 @@ class InferenceServer:
 
 
 def run(config: ServerConfig) -> None:
-    """Serve until SIGINT/SIGTERM on uvloop where available, else asyncio's own loop."""
+    """Serve until SIGINT/SIGTERM on uvloop where available, else asyncio's own loop.
+
+    Owns the process: it also sets the GIL switch interval (``ServerConfig``)."""
+    if config.gil_switch_interval_s <= 0:
+        raise ValueError(
+            f"the GIL switch interval must be > 0 seconds, got {config.gil_switch_interval_s}"
+        )
+    sys.setswitchinterval(config.gil_switch_interval_s)
     server = InferenceServer(config)
     if config.use_uvloop:
         try:

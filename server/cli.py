@@ -94,6 +94,15 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         "--no-uvloop", action="store_true", help="use asyncio's own event loop instead of uvloop"
     )
     serve.add_argument(
+        "--gil-switch-interval",
+        type=float,
+        default=_DEFAULTS.gil_switch_interval_s,
+        metavar="SECONDS",
+        help="how long a thread holds the GIL while another waits (Python's sys."
+        "setswitchinterval); short lets instance threads hand batches back promptly while "
+        "the event loop is busy (%(default)s)",
+    )
+    serve.add_argument(
         "--log-level",
         default=_DEFAULTS.log_level,
         choices=["debug", "info", "warning", "error"],
@@ -118,6 +127,7 @@ def _serve(args: argparse.Namespace) -> int:
         trace_rate=args.trace_rate,
         log_level=args.log_level,
         use_uvloop=not args.no_uvloop,
+        gil_switch_interval_s=args.gil_switch_interval,
     )
     logging.basicConfig(
         level=config.log_level.upper(),

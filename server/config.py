@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from inferd.engines.executor import GIL_SWITCH_INTERVAL_S
+
 # Triton's default: gRPC messages up to INT32_MAX bytes each way.
 DEFAULT_MAX_MESSAGE_BYTES = 2**31 - 1
 
@@ -24,6 +26,8 @@ class ServerConfig:
     trace_rate: float | None = None  # fraction traced; None: OTEL_TRACES_SAMPLER decides
     log_level: str = "info"
     use_uvloop: bool = True
+    # sys.setswitchinterval, process-wide: `run` applies it (see GIL_SWITCH_INTERVAL_S).
+    gil_switch_interval_s: float = GIL_SWITCH_INTERVAL_S
 
     def addresses(self) -> list[str]:
         addresses = []

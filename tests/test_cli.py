@@ -68,6 +68,7 @@ def test_serve_help_explains_the_options(capsys: pytest.CaptureFixture[str]) -> 
         "--unix-socket",
         "--grace-period",
         "--reuse-port",
+        "--gil-switch-interval",
     ):
         assert option in out
     assert "8001" in out  # the default port, as Triton's
@@ -307,3 +308,16 @@ def test_serve_a_missing_repository_is_a_clear_error(tmp_path: Path) -> None:
     assert f"model repository {missing} does not exist" in result.stderr
     assert "Traceback" not in result.stderr
     assert "listening on" not in result.stderr
+
+
+def test_serve_refuses_a_non_positive_gil_switch_interval(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "inferd.server", "serve", "--grpc-port", "0",
+         "--no-metrics", "--gil-switch-interval", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "the GIL switch interval must be > 0 seconds, got 0.0" in result.stderr
+    assert "Traceback" not in result.stderr
