@@ -8,6 +8,7 @@ sees a GPU; CI has none, and ``bench/gpu_torch.py`` runs them on a lent GPU mach
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -363,6 +364,16 @@ def test_gpu_instances_serve_concurrently(
 
 
 # --- pure logic ------------------------------------------------------------------
+
+
+def test_without_torch_the_backend_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from inferd.engines.backends import get_backend
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # what an install without torch sees
+    monkeypatch.delitem(sys.modules, "inferd.engines.backends.pytorch", raising=False)
+    with pytest.raises(EngineError, match=r"needs a package that is not installed \(torch\): "
+                       r"pip install 'inferd\[torch\]'"):  # fmt: skip
+        get_backend("pytorch")
 
 
 def test_default_buckets_are_powers_of_two_and_the_maximum() -> None:
