@@ -9,17 +9,35 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from inferd.engines.backends.base import Backend, BackendInstance, InstanceSpec
+from inferd.engines.backends.base import (
+    Backend,
+    BackendInstance,
+    BackendRequest,
+    InstanceSpec,
+    RequestInstance,
+    ResponseSender,
+)
 from inferd.engines.errors import EngineError, ErrorCode
 from inferd.protos import model_config_pb2
 
-__all__ = ["Backend", "BackendInstance", "InstanceSpec", "get_backend", "resolve_backend"]
+__all__ = [
+    "Backend",
+    "BackendInstance",
+    "BackendRequest",
+    "InstanceSpec",
+    "RequestInstance",
+    "ResponseSender",
+    "get_backend",
+    "resolve_backend",
+]
 
 _BACKEND_CLASSES: dict[str, str] = {
     "onnxruntime": "inferd.engines.backends.onnxruntime:OnnxRuntimeBackend",
     # Triton's name for its PyTorch backend is "pytorch"; "torch" is accepted too.
     "pytorch": "inferd.engines.backends.pytorch:TorchBackend",
     "torch": "inferd.engines.backends.pytorch:TorchBackend",
+    # Triton's Python backend: <model>/<version>/model.py with a TritonPythonModel class.
+    "python": "inferd.engines.backends.python:PythonBackend",
 }
 _EXTRA_BY_BACKEND: dict[str, str] = {"pytorch": "torch"}
 _BACKEND_BY_PLATFORM: dict[str, str] = {

@@ -6,11 +6,13 @@ import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import numpy as np
 
+from inferd.engines.errors import EngineError
 from inferd.engines.packing import gather
+from inferd.engines.types import ParameterValue
 from inferd.protos import model_config_pb2
 
 
@@ -46,6 +48,56 @@ class BackendInstance(abc.ABC):
         """Release the instance's resources."""
 
 
+class ResponseSender(Protocol):
+    """Where one request's responses go. Thread-safe; callable from any thread, also
+    after ``RequestInstance.execute`` has returned (decoupled models answer later)."""
+
+    def send(
+        self,
+        outputs: Mapping[str, np.ndarray] | None = None,
+        *,
+        final: bool = False,
+        error: EngineError | None = None,
+    ) -> None:
+        """One response (``outputs``, or ``error``), and/or the end of the request
+        (``final``; with no outputs and no error it only marks the end). A request ends
+        exactly once; sending after that raises EngineError."""
+
+    def is_cancelled(self) -> bool:
+        """The client has gone: further responses are dropped, the model may stop early."""
+
+
+@dataclass(frozen=True, slots=True)
+class BackendRequest:
+    """One request of a batch, as a request-level instance receives it (never merged
+    with the others): inputs shaped and typed as the config declares (BYTES: object
+    arrays of bytes), the outputs asked for (all, when the client named none)."""
+
+    request_id: str
+    inputs: Mapping[str, np.ndarray]
+    output_names: tuple[str, ...]
+    parameters: Mapping[str, ParameterValue]
+    sender: ResponseSender
+
+
+class RequestInstance(abc.ABC):
+    """An instance that takes a batch as separate requests and answers each one through
+    its sender (Triton's Python backend: ``execute(requests)``); nothing is concatenated.
+    ``execute`` is called from one instance thread at a time."""
+
+    @abc.abstractmethod
+    def execute(self, requests: Sequence[BackendRequest]) -> None:
+        """Run one batch. Each request must end (a final send) eventually; a decoupled
+        model may go on sending from its own threads after this returns. Raising fails
+        every request of the batch that has not ended."""
+
+    def cancel(self) -> None:  # noqa: B027 - nothing to abort by default
+        """Abort the batch in progress, from another thread."""
+
+    def close(self) -> None:  # noqa: B027
+        """Release the instance (a Python model's ``finalize``)."""
+
+
 class Backend(abc.ABC):
     """A runtime, registered by name; a stateless factory of instances."""
 
@@ -70,5 +122,6 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def load(
         self, model_path: Path, config: model_config_pb2.ModelConfig, instance: InstanceSpec
-    ) -> BackendInstance:
-        """Build one execution instance."""
+    ) -> BackendInstance | RequestInstance:
+        """Build one execution instance: a tensor instance (batches concatenated) or a
+        request instance (batches as separate requests, decoupled responses)."""
