@@ -6,10 +6,12 @@ process per GPU) slots in behind the same methods without touching the servicers
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
 
 from inferd.engines.engine import Engine, ModelInfo
+from inferd.engines.errors import EngineError
 from inferd.engines.statistics import StatisticsSnapshot
 from inferd.engines.types import BatchObserver, InferRequest, InferResponse, ModelIndexEntry
 
@@ -30,6 +32,11 @@ class EngineClient(Protocol):
 
     async def infer(self, request: InferRequest) -> InferResponse:
         """Run one request. Cancelling the awaiting task aborts it: queued work is dropped."""
+
+    def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse | EngineError]:
+        """Run one request and yield its responses in order, the last with ``final``
+        set; a decoupled model may send many, or errors (yielded). Errors before the
+        model ran are raised. Closing the iterator early aborts the request."""
 
     async def close(self) -> None:
         """Finish queued work and release every model."""
@@ -60,6 +67,9 @@ class InProcessEngineClient:
 
     async def infer(self, request: InferRequest) -> InferResponse:
         return await self._engine.infer(request)
+
+    def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse | EngineError]:
+        return self._engine.infer_stream(request)
 
     async def close(self) -> None:
         self._ready = False

@@ -24,7 +24,7 @@ __all__ = ["DEMO_REPOSITORY_VERSION", "build_demo_repository", "cached_demo_repo
 
 # Bump whenever any model or config below changes: cached repositories live in a directory
 # named after it, so a stale cache is never served.
-DEMO_REPOSITORY_VERSION = 1
+DEMO_REPOSITORY_VERSION = 2
 
 # Opset 17 and IR version 8 load in every onnxruntime >= 1.17 (inferd's floor).
 _OPSET = 17
@@ -257,12 +257,22 @@ DEMO_MODELS: tuple[DemoModel, ...] = (
 )
 
 
+# Python-backend demo models ship as files (config.pbtxt, 1/model.py) beside this module.
+_PYTHON_MODELS_DIR = Path(__file__).parent / "demo_models"
+PYTHON_DEMO_MODELS = ("repeat_int32",)
+
+
 def _write_models(root: Path) -> None:
     for model in DEMO_MODELS:
         version_dir = root / model.name / "1"
         version_dir.mkdir(parents=True)
         (root / model.name / "config.pbtxt").write_text(model.config_text(), encoding="utf-8")
         (version_dir / "model.onnx").write_bytes(model.onnx_bytes())
+    for name in PYTHON_DEMO_MODELS:
+        source = _PYTHON_MODELS_DIR / name
+        (root / name / "1").mkdir(parents=True)
+        for relative in ("config.pbtxt", "1/model.py"):
+            shutil.copyfile(source / relative, root / name / relative)
 
 
 def build_demo_repository(destination: Path) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +142,9 @@ class Engine:
 
     async def infer(self, request: InferRequest) -> InferResponse:
         return await self.model(request.model_name, request.model_version).infer(request)
+
+    def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse | EngineError]:
+        return self.model(request.model_name, request.model_version).infer_stream(request)
 
     def close(self) -> None:
         """Drain and stop every model's instances (blocking)."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from inferd.engines.backends import BackendInstance
+from inferd.engines.backends import BackendInstance, BackendRequest, RequestInstance
 from inferd.engines.errors import EngineError, ErrorCode
 from inferd.engines.packing import scatter
 from inferd.engines.scheduler import (
@@ -33,7 +33,8 @@ from inferd.engines.scheduler import (
     Scheduler,
 )
 from inferd.engines.statistics import FailureReason, ModelStatistics
-from inferd.engines.types import BatchMember, BatchObserver, BatchRecord
+from inferd.engines.streams import ResponseStream, StreamedResponse
+from inferd.engines.types import BatchMember, BatchObserver, BatchRecord, ParameterValue
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,12 @@ class Job:
     sequence: int  # arrival order, for preserve_ordering
     queued_ns: int  # time.perf_counter_ns() when queued
     trace: object | None = None  # the front end's handle, for the BatchObserver
+    # Request-level instances (Python models) see these; tensor instances do not.
+    request_id: str = ""
+    parameters: Mapping[str, ParameterValue] | None = None
+    # Set for a streamed request: its responses go here, and the future only says when
+    # it ended (or why it never ran).
+    stream: ResponseStream | None = None
 
 
 class ResponseOrder:
@@ -103,7 +110,7 @@ class BatchingExecutor:
     def __init__(
         self,
         label: str,
-        instances: Sequence[BackendInstance],
+        instances: Sequence[BackendInstance | RequestInstance],
         policy: BatchingPolicy,
         queue_capacity: int,
         statistics: ModelStatistics,
@@ -152,10 +159,15 @@ class BatchingExecutor:
         output_names: Sequence[str],
         pending: PendingRequest,
         trace: object | None = None,
+        *,
+        request_id: str = "",
+        parameters: Mapping[str, ParameterValue] | None = None,
+        stream: ResponseStream | None = None,
     ) -> Outputs:
         """Queue one request and wait for its outputs; cancelling the wait removes it.
 
-        ``trace`` is handed to the observer with the batch the request rides in.
+        ``trace`` is handed to the observer with the batch the request rides in. With
+        ``stream``, responses go there and this returns (empty) once the request ended.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outputs] = loop.create_future()
@@ -179,6 +191,9 @@ class BatchingExecutor:
                 next(self._sequences),
                 time.perf_counter_ns(),
                 trace,
+                request_id,
+                parameters,
+                stream,
             )
             self._jobs[pending.key] = job
             self._changed.notify()
@@ -251,10 +266,40 @@ class BatchingExecutor:
         self._statistics.record_failure(elapsed, FailureReason.REJECTED)
         self._answer(job, reason.error())
 
-    def _run_instance(self, index: int, instance: BackendInstance) -> None:
+    def _run_instance(self, index: int, instance: BackendInstance | RequestInstance) -> None:
         while (jobs := self._next_batch()) is not None:
-            self._execute(index, instance, jobs)
+            if isinstance(instance, RequestInstance):
+                self._execute_requests(index, instance, jobs)
+            else:
+                self._execute(index, instance, jobs)
         instance.close()
+
+    def _execute_requests(self, index: int, instance: RequestInstance, jobs: list[Job]) -> None:
+        """A batch as separate requests; each answers through its own sender, possibly
+        after ``execute`` returned (decoupled models)."""
+        started_ns = time.perf_counter_ns()
+        senders = [_JobSender(self, job, started_ns) for job in jobs]
+        requests = [
+            BackendRequest(
+                job.request_id, job.inputs, job.output_names, job.parameters or {}, sender
+            )
+            for job, sender in zip(jobs, senders, strict=True)
+        ]
+        error: str | None = None
+        try:
+            instance.execute(requests)
+        except Exception as exc:
+            if not isinstance(exc, EngineError):
+                logger.exception("model '%s' failed on a batch of %d", self._label, len(jobs))
+                exc = EngineError(ErrorCode.INTERNAL, f"model '{self._label}' failed: {exc}")
+            error = exc.message
+            for sender in senders:
+                sender.fail(exc)
+        done_ns = time.perf_counter_ns()
+        self._observe(index, jobs, (started_ns, started_ns, done_ns, done_ns), error)
+        if error is None:
+            rows = sum(job.pending.rows for job in jobs)
+            self._statistics.record_execution(rows, 0, done_ns - started_ns, 0)
 
     def _execute(self, index: int, instance: BackendInstance, jobs: list[Job]) -> None:
         started_ns = time.perf_counter_ns()
@@ -346,6 +391,21 @@ class BatchingExecutor:
         except Exception:  # observing must never fail the model
             logger.exception("batch observer failed for model '%s'", self._label)
 
+    def _request_ended(self, job: Job, started_ns: int, error: EngineError | None) -> None:
+        """Statistics and the caller's future once a request-level request has ended."""
+        now_ns = time.perf_counter_ns()
+        if error is not None:
+            self._statistics.record_failure(now_ns - job.queued_ns, FailureReason.BACKEND)
+        else:
+            self._statistics.record_success(
+                rows=job.pending.rows,
+                queue_ns=started_ns - job.queued_ns,
+                compute_input_ns=0,
+                compute_infer_ns=now_ns - started_ns,
+                compute_output_ns=0,
+                request_ns=now_ns - job.queued_ns,
+            )
+
     def close(self) -> None:
         """Stop: answer queued work UNAVAILABLE, abort runs in progress, release instances.
 
@@ -369,3 +429,65 @@ class BatchingExecutor:
             instance.cancel()
         for thread in self._threads:
             thread.join()
+
+
+class _JobSender:
+    """The engine's side of a ``ResponseSender``: one request's responses, from any
+    thread, into its stream (streamed requests) or its future (unary requests). Part of
+    the executor: it uses the executor's private answering and statistics."""
+
+    def __init__(self, executor: BatchingExecutor, job: Job, started_ns: int) -> None:
+        self._executor = executor
+        self._job = job
+        self._started_ns = started_ns
+        # Held while a response is handed on, so one request's responses keep their order
+        # even when a model sends from several threads.
+        self._lock = threading.Lock()
+        self._ended = False
+        self._unary_result: Outputs | EngineError | None = None
+
+    def send(
+        self,
+        outputs: Mapping[str, np.ndarray] | None = None,
+        *,
+        final: bool = False,
+        error: EngineError | None = None,
+    ) -> None:
+        with self._lock:
+            if self._ended:
+                raise EngineError(
+                    ErrorCode.INTERNAL,
+                    f"model '{self._executor._label}' sent a response for request "
+                    f"'{self._job.request_id}' after its final one",
+                )
+            self._ended = final
+            job = self._job
+            response = dict(outputs) if outputs is not None else None
+            if job.stream is not None:
+                if response is not None or error is not None or final:
+                    job.stream.put(StreamedResponse(response, error, final))
+            elif error is not None or response is not None:
+                self._unary_result = error if error is not None else response
+            if final:
+                self._end(error)
+
+    def _end(self, final_error: EngineError | None) -> None:
+        job, result = self._job, self._unary_result
+        if job.stream is None and result is None:
+            result = EngineError(
+                ErrorCode.INTERNAL,
+                f"model '{self._executor._label}' ended request '{job.request_id}' "
+                "without a response",
+            )
+        failed = result if isinstance(result, EngineError) else final_error
+        self._executor._request_ended(job, self._started_ns, failed)
+        self._executor._answer(job, {} if result is None else result)
+
+    def fail(self, error: EngineError) -> None:
+        """End the request with ``error`` unless it has ended already (execute raised)."""
+        with contextlib.suppress(EngineError):  # it had ended: nothing to do
+            self.send(error=error, final=True)
+
+    def is_cancelled(self) -> bool:
+        job = self._job
+        return job.future.cancelled() or (job.stream is not None and job.stream.cancelled())

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
 from inferd.engines.classification import top_k
+from inferd.engines.errors import EngineError, ErrorCode
 from inferd.engines.executor import BatchingExecutor
 from inferd.engines.packing import signature
 from inferd.engines.scheduler import PendingRequest
 from inferd.engines.statistics import ModelStatistics
+from inferd.engines.streams import ResponseStream
 from inferd.engines.types import InferRequest, InferResponse, OutputTensor
 from inferd.engines.validation import TensorSpec, validate_request
 from inferd.protos import model_config_pb2
@@ -35,6 +39,17 @@ def tensor_specs(
     return tuple(specs)
 
 
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A validated request, ready to queue."""
+
+    feed: dict[str, np.ndarray]
+    output_names: tuple[str, ...]
+    pending: PendingRequest
+    batch_size: int
+    class_counts: dict[str, int]
+
+
 class ModelVersion:
     """One servable version; `infer` validates, then runs on a free execution instance."""
 
@@ -56,8 +71,71 @@ class ModelVersion:
         self.statistics = statistics
         self.executor = executor
         self._labels = dict(labels or {})  # output name -> class labels (label_filename)
+        self.decoupled = config.model_transaction_policy.decoupled
 
     async def infer(self, request: InferRequest) -> InferResponse:
+        """One request, one response. Decoupled models answer through ``infer_stream``."""
+        if self.decoupled:
+            raise EngineError(
+                ErrorCode.UNSUPPORTED,
+                "ModelInfer RPC doesn't support models with decoupled transaction policy",
+            )
+        prepared = self._prepare(request)
+        results = await self.executor.run(
+            prepared.feed,
+            prepared.output_names,
+            prepared.pending,
+            request.trace,
+            request_id=request.request_id,
+            parameters=request.parameters,
+        )
+        return self._response(request, prepared, results, final=True)
+
+    async def infer_stream(
+        self, request: InferRequest
+    ) -> AsyncIterator[InferResponse | EngineError]:
+        """The request's responses in order, ending with the final one. Errors the model
+        sends for the request come as items; errors before it ran (validation, a full
+        queue, a timeout) are raised. Cancelling the iteration aborts the request."""
+        if not self.decoupled:
+            yield await self.infer(request)
+            return
+        prepared = self._prepare(request)
+        stream = ResponseStream(asyncio.get_running_loop())
+        run = asyncio.ensure_future(
+            self.executor.run(
+                prepared.feed,
+                prepared.output_names,
+                prepared.pending,
+                request.trace,
+                request_id=request.request_id,
+                parameters=request.parameters,
+                stream=stream,
+            )
+        )
+        try:
+            while True:
+                get = asyncio.ensure_future(stream.get())
+                if not run.done():
+                    await asyncio.wait({get, run}, return_when=asyncio.FIRST_COMPLETED)
+                    if not get.done():
+                        get.cancel()
+                        run.result()  # it never ran: raise why; else its end is queued
+                        continue
+                item = await get
+                if item.error is not None:
+                    yield item.error
+                if item.outputs is not None:
+                    yield self._response(request, prepared, item.outputs, final=item.final)
+                elif item.final:
+                    yield InferResponse(self.name, self.version, request.request_id, [], True)
+                if item.final:
+                    return
+        finally:
+            stream.cancel()
+            run.cancel()
+
+    def _prepare(self, request: InferRequest) -> _Prepared:
         batch_size = validate_request(request, self.inputs, self.outputs, self.max_batch_size)
         feed = {}
         for tensor in request.inputs:
@@ -69,20 +147,28 @@ class ModelVersion:
                 data = data.reshape(prefix + reshape)
             feed[tensor.name] = data
         class_counts = {output.name: output.class_count for output in request.requested_outputs}
-        names = [
+        names = tuple(
             spec.name for spec in self.outputs if not class_counts or spec.name in class_counts
-        ]
-        batched = self.max_batch_size > 0
+        )
         pending = PendingRequest(
             key=0,  # the executor numbers requests as it queues them
             rows=batch_size,
-            signature=signature(feed, batched),
+            signature=signature(feed, self.max_batch_size > 0),
             arrival=0.0,
             priority=int(request.parameters.get("priority", 0)),
             timeout_s=int(request.parameters.get("timeout", 0)) / 1e6,  # Triton: microseconds
             deadline=request.deadline,
         )
-        results = await self.executor.run(feed, names, pending, request.trace)
+        return _Prepared(feed, names, pending, batch_size, class_counts)
+
+    def _response(
+        self,
+        request: InferRequest,
+        prepared: _Prepared,
+        results: Mapping[str, np.ndarray],
+        final: bool,
+    ) -> InferResponse:
+        batch_size, class_counts = prepared.batch_size, prepared.class_counts
         outputs = []
         for spec in self.outputs:
             if spec.name not in results:
@@ -100,7 +186,7 @@ class ModelVersion:
                 outputs.append(OutputTensor(spec.name, "BYTES", data))
             else:
                 outputs.append(OutputTensor(spec.name, spec.datatype, data))
-        return InferResponse(self.name, self.version, request.request_id, outputs)
+        return InferResponse(self.name, self.version, request.request_id, outputs, final)
 
     def close(self) -> None:
         self.executor.close()

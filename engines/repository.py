@@ -12,7 +12,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inferd.engines.backends import Backend, BackendInstance, InstanceSpec, resolve_backend
+from inferd.engines.backends import (
+    Backend,
+    BackendInstance,
+    InstanceSpec,
+    RequestInstance,
+    resolve_backend,
+)
 from inferd.engines.classification import read_labels
 from inferd.engines.config import read_config, select_versions, validate_config, version_directories
 from inferd.engines.errors import EngineError, ErrorCode
@@ -115,7 +121,7 @@ def _load_version(
         if output.label_filename
     }
     specs = _instance_specs(config, backend.gpu_count())
-    instances: list[BackendInstance] = []
+    instances: list[BackendInstance | RequestInstance] = []
     try:
         for spec in specs:
             instances.append(backend.load(model_path, config, spec))

@@ -65,6 +65,9 @@ class InferResponse:
     model_version: int
     request_id: str
     outputs: list[OutputTensor]  # in the model's output order
+    # The request's last response. A decoupled model's request may have many, or end
+    # with an empty one that carries only this flag.
+    final: bool = True
 
 
 class ModelState(enum.Enum):

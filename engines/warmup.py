@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 import numpy as np
 
-from inferd.engines.backends import BackendInstance
+from inferd.engines.backends import BackendInstance, BackendRequest, RequestInstance
 from inferd.engines.errors import EngineError, ErrorCode
 from inferd.engines.validation import shape_text
 from inferd.protos import model_config_pb2
@@ -54,7 +55,7 @@ class _Blame:
 def warm_up(
     config: model_config_pb2.ModelConfig,
     model_dir: Path,
-    instances: Sequence[BackendInstance],
+    instances: Sequence[BackendInstance | RequestInstance],
 ) -> None:
     """Run each ``model_warmup`` sample ``count`` times (0: once) on every instance.
 
@@ -77,7 +78,7 @@ def warm_up(
         for index, instance in enumerate(instances):
             for run in range(sample.runs):
                 try:
-                    instance.infer(sample.feed, output_names)
+                    _run_once(instance, sample.feed, output_names)
                 except Exception as exc:
                     raise EngineError(
                         ErrorCode.INTERNAL,
@@ -85,6 +86,52 @@ def warm_up(
                         f"instance {index}, iteration {run + 1} of {sample.runs}: "
                         f"{type(exc).__name__}: {exc}",
                     ) from exc
+
+
+# A warm-up request must end within this long (a decoupled model may answer after its
+# execute returned); loading fails rather than waiting forever on a model that never ends.
+_REQUEST_END_TIMEOUT_S = 300.0
+
+
+class _WarmupSender:
+    """Collects a warm-up request's end: its first error, if any."""
+
+    def __init__(self) -> None:
+        self.ended = threading.Event()
+        self.error: EngineError | None = None
+
+    def send(
+        self,
+        outputs: Mapping[str, np.ndarray] | None = None,
+        *,
+        final: bool = False,
+        error: EngineError | None = None,
+    ) -> None:
+        if error is not None and self.error is None:
+            self.error = error
+        if final:
+            self.ended.set()
+
+    def is_cancelled(self) -> bool:
+        return False
+
+
+def _run_once(
+    instance: BackendInstance | RequestInstance,
+    feed: Mapping[str, np.ndarray],
+    output_names: Sequence[str],
+) -> None:
+    if not isinstance(instance, RequestInstance):
+        instance.infer(feed, output_names)
+        return
+    sender = _WarmupSender()
+    instance.execute([BackendRequest("warmup", feed, tuple(output_names), {}, sender)])
+    if not sender.ended.wait(_REQUEST_END_TIMEOUT_S):
+        raise EngineError(
+            ErrorCode.INTERNAL, f"the request did not end within {_REQUEST_END_TIMEOUT_S:.0f} s"
+        )
+    if sender.error is not None:
+        raise sender.error
 
 
 def _build_sample(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import grpc
@@ -15,6 +16,7 @@ from inferd.protos import grpc_service_pb2_grpc as pb_grpc
 from inferd.server.codec import decode_infer_request, encode_infer_response, parse_version
 from inferd.server.statistics_codec import encode_model_statistics
 from inferd.server.status import maps_engine_errors
+from inferd.server.streaming import StreamCall
 
 if TYPE_CHECKING:  # opentelemetry is an optional extra: imported only when tracing is on
     from inferd.server.tracing import Tracing
@@ -166,6 +168,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if trace is not None:
                 trace.end(error, encode_start_ns)
 
+    async def ModelStreamInfer(
+        self,
+        request_iterator: AsyncIterator[pb.ModelInferRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        call = StreamCall(self._engine, self._model, context, self._tracing)
+        async for response in call.responses(request_iterator):
+            yield response
+
     @maps_engine_errors
     async def TraceSetting(
         self, request: pb.TraceSettingRequest, context: grpc.aio.ServicerContext
@@ -210,7 +221,6 @@ def _unimplemented(rpc: str, where: str) -> object:
 # RPCs of the protocol that later work builds; each says so instead of grpc's bare
 # "Method not implemented!".
 for _rpc, _where in (
-    ("ModelStreamInfer", "streaming is planned; use ModelInfer"),
     ("RepositoryModelLoad", "model control is planned"),
     ("RepositoryModelUnload", "model control is planned"),
     ("SystemSharedMemoryStatus", "shared memory is planned"),

@@ -22,6 +22,7 @@ DEMO_MODELS = {
     "simple_identity",
     "simple_int8",
     "simple_string",
+    "repeat_int32",
 }
 
 
@@ -105,7 +106,8 @@ def test_demo_repository_writes_a_repository(
     for model in DEMO_MODELS:
         config = (destination / model / "config.pbtxt").read_text()
         assert f'name: "{model}"' in config
-        assert (destination / model / "1" / "model.onnx").stat().st_size > 0
+        model_file = "model.py" if 'backend: "python"' in config else "model.onnx"
+        assert (destination / model / "1" / model_file).stat().st_size > 0
 
 
 def test_demo_repository_into_an_empty_directory(

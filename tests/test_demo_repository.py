@@ -49,10 +49,16 @@ def session(repository: Path, model: str) -> ort.InferenceSession:
 
 
 def test_layout_is_tritons(repository: Path) -> None:
-    assert sorted(p.name for p in repository.iterdir()) == sorted(EXPECTED_CONFIGS)
+    python_models = {"repeat_int32"}
+    assert sorted(p.name for p in repository.iterdir()) == sorted(
+        {*EXPECTED_CONFIGS, *python_models}
+    )
     for model in EXPECTED_CONFIGS:
         files = sorted(p.relative_to(repository / model) for p in (repository / model).rglob("*"))
         assert files == [Path("1"), Path("1/model.onnx"), Path("config.pbtxt")]
+    for model in python_models:
+        files = sorted(p.relative_to(repository / model) for p in (repository / model).rglob("*"))
+        assert files == [Path("1"), Path("1/model.py"), Path("config.pbtxt")]
     # The staging directory was renamed into place, not left beside it.
     assert list(repository.parent.iterdir()) == [repository]
 
@@ -181,7 +187,7 @@ def test_cached_repository_is_built_once(tmp_path: Path, monkeypatch: pytest.Mon
     assert len(built) == 1
     assert first.parent == tmp_path
     assert str(demo_repository.DEMO_REPOSITORY_VERSION) in first.name
-    assert sorted(p.name for p in first.iterdir()) == sorted(EXPECTED_CONFIGS)
+    assert sorted(p.name for p in first.iterdir()) == sorted({*EXPECTED_CONFIGS, "repeat_int32"})
 
 
 def test_cache_falls_back_to_xdg_cache_home(

@@ -528,16 +528,27 @@ def test_unimplemented_rpc_says_so(demo_server: ServerProcess, rpc: str) -> None
     assert f"inferd does not implement {rpc} yet" in failed.value.details()
 
 
-def test_model_stream_infer_is_unimplemented(demo_server: ServerProcess) -> None:
-    request = pb.ModelInferRequest(model_name="simple")
+def test_model_stream_infer_with_generated_stubs(demo_server: ServerProcess) -> None:
+    """Plain generated stubs: an error rides in error_message with the request's id, the
+    next request is answered, and the call ends OK after the client half-closes."""
+    bad = pb.ModelInferRequest(model_name="simple", id="bad")
+    good = pb.ModelInferRequest(model_name="simple", id="good")
+    for name in ("INPUT0", "INPUT1"):
+        good.inputs.add(name=name, datatype="INT32", shape=[1, 16])
+        good.raw_input_contents.append(bytes(64))
     with grpc.insecure_channel(demo_server.address) as channel:
         stream = pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(
-            iter([request]), timeout=RPC_TIMEOUT_S
+            iter([bad, good]), timeout=RPC_TIMEOUT_S
         )
-        with pytest.raises(grpc.RpcError) as failed:
-            list(stream)
-    assert failed.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "inferd does not implement ModelStreamInfer yet" in failed.value.details()
+        responses = list(stream)
+        assert stream.code() == grpc.StatusCode.OK
+    assert len(responses) == 2
+    by_id = {response.infer_response.id: response for response in responses}
+    assert "expected 2 inputs but got 0 inputs" in by_id["bad"].error_message
+    answer = by_id["good"]
+    assert answer.error_message == ""
+    assert answer.infer_response.parameters["triton_final_response"].bool_param
+    assert [output.name for output in answer.infer_response.outputs] == ["OUTPUT0", "OUTPUT1"]
 
 
 def test_unimplemented_rpc_reaches_tritonclient_as_an_error(demo_server: ServerProcess) -> None:

@@ -48,6 +48,7 @@ _BACKEND_BY_MODEL_FILE: dict[str, str] = {
     "model.onnx": "onnxruntime",
     "model.pt": "pytorch",
     "model.pt2": "pytorch",
+    "model.py": "python",  # Triton's choice too; a PyTorch model.py names its backend
 }
 
 
