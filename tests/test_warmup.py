@@ -532,3 +532,59 @@ def test_server_serves_the_warmed_model_and_reports_the_failed_one(
         np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), data + ADDED)
     finally:
         client.close()
+
+
+# Counts its runs in a file, so the test can see what warm-up ran; decoupled, it ends
+# each request from another thread after execute returned.
+_COUNTING_PYTHON_MODEL = """
+import threading
+from pathlib import Path
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.runs = Path(args["model_repository"]) / "runs.txt"
+
+    def execute(self, requests):
+        with self.runs.open("a") as runs:
+            runs.write("run\\n")
+        for request in requests:
+            sender = request.get_response_sender()
+            data = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            response = pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", data)])
+
+            def answer(sender=sender, response=response):
+                sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+            threading.Thread(target=answer).start()
+        return None
+"""
+
+
+def test_python_decoupled_model_warms_up_on_each_instance(tmp_path: Path) -> None:
+    model_dir = tmp_path / "counting"
+    (model_dir / "1").mkdir(parents=True)
+    (model_dir / "1" / "model.py").write_text(_COUNTING_PYTHON_MODEL)
+    (model_dir / "config.pbtxt").write_text(
+        """
+        backend: "python"
+        max_batch_size: 4
+        model_transaction_policy { decoupled: true }
+        input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 2 ] } ]
+        output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 2 ] } ]
+        instance_group [ { kind: KIND_CPU count: 2 } ]
+        model_warmup [ {
+          name: "zeros" batch_size: 1 count: 3
+          inputs { key: "INPUT0" value: { data_type: TYPE_FP32 dims: [ 2 ] zero_data: true } }
+        } ]
+        """
+    )
+    loaded = load_model(model_dir)
+    try:
+        assert loaded.failures == {}
+        assert (model_dir / "runs.txt").read_text().count("run") == 2 * 3
+    finally:
+        for version in loaded.versions.values():
+            version.close()
