@@ -102,15 +102,18 @@ class StreamCall:
                 task.cancel()
 
     async def _read(self, requests: AsyncIterator[pb.ModelInferRequest]) -> None:
-        async for request in requests:
-            await self._slots.acquire()
-            task = asyncio.ensure_future(self._serve(request))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        # Half-closed by the client: the call ends once every request has answered.
-        while self._tasks:
-            await asyncio.wait(set(self._tasks))
-        await self._outgoing.put(None)
+        try:
+            async for request in requests:
+                await self._slots.acquire()
+                task = asyncio.ensure_future(self._serve(request))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            # Half-closed by the client: the call ends once every request has answered.
+            while self._tasks:
+                await asyncio.wait(set(self._tasks))
+        finally:
+            # Also when reading failed: the writer stops, then re-raises reading's error.
+            await self._outgoing.put(None)
 
     async def _serve(self, request: pb.ModelInferRequest) -> None:
         try:
