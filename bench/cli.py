@@ -32,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
         "-i", "--protocol", default="grpc", choices=["grpc"], help="only gRPC (%(default)s)"
     )
     parser.add_argument("-b", "--batch-size", type=int, default=1, help="rows per request (1)")
+    parser.add_argument(
+        "--streaming", action="store_true",
+        help="send requests over the ModelStreamInfer stream, one per channel (needed for "
+        "decoupled models, whose requests end at their final response)",
+    )  # fmt: skip
     load = parser.add_mutually_exclusive_group()
     load.add_argument(
         "--concurrency-range",
@@ -120,6 +125,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         with Client(args.url, timeout=max(args.request_timeout, 30.0)) as client:
             metadata = client.model_metadata(args.model_name, args.model_version)
             config = client.model_config(args.model_name, args.model_version)
+        decoupled = config.model_transaction_policy.decoupled
+        if decoupled and not args.streaming:
+            raise ValueError(
+                f"model '{args.model_name}' is decoupled: it answers only over a stream; "
+                "add --streaming"
+            )
         inputs = build_inputs(
             metadata, config.max_batch_size, args.batch_size, shapes, args.input_data, args.seed
         )
@@ -137,9 +148,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         warmup_s=args.warmup / 1000,
         workers=args.workers,
         request_timeout_s=args.request_timeout,
+        streaming=args.streaming,
+        decoupled=decoupled,
     )
     shapes_text = ", ".join(f"{name} {list(array.shape)}" for name, array in inputs.items())
-    print(f"inferd bench: {args.model_name} at {args.url}, inputs {shapes_text}", file=sys.stderr)
+    how = " (decoupled), streaming" if decoupled else ", streaming" if args.streaming else ""
+    print(
+        f"inferd bench: {args.model_name}{how} at {args.url}, inputs {shapes_text}",
+        file=sys.stderr,
+    )
     results = run_sweep(settings, inputs, lambda line: print(line, file=sys.stderr, flush=True))
     print(table(results))
     context = {
@@ -147,6 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "version": args.model_version,
         "url": args.url,
         "batch_size": args.batch_size,
+        "streaming": args.streaming,
+        "decoupled": decoupled,
         "workers": args.workers,
         "measurement_interval_ms": args.measurement_interval,
         "stability_percentage": args.stability_percentage,

@@ -13,6 +13,11 @@ latencies, as in wrk2 and other coordinated-omission-free tools; ``late_sends`` 
 the sends that started more than a millisecond behind schedule. (A timer that fires
 early, as uvloop's millisecond timers do, sends early and is timed from the actual send.)
 
+With ``streaming``, requests go over ``ModelStreamInfer`` (one stream per channel, see
+``streams.py``) instead of unary ``ModelInfer``, in either loop. A request to a
+decoupled model completes at its final response; its latency runs to that response, and
+the window also records the time to its first response and the gaps between responses.
+
 A window counts what *completes* inside it. Requests still outstanding at its end are
 awaited (up to ``drain_timeout_s``) so that the next window starts clean, but they count
 only in ``LoadSession.totals``, the session's exact lifetime tally, which is what to
@@ -33,7 +38,9 @@ import numpy as np
 
 from inferd.clients import AsyncClient, InferdError
 
+from .measure import stream_timing
 from .results import Distribution, LoadLevel, LoadMode, WindowResult
+from .streams import RequestStream, StreamedRequest
 
 LATE_SEND_S = 1e-3
 BACKLOG_ERROR = "CLIENT_BACKLOG"
@@ -69,6 +76,9 @@ class _Window:
     errors: dict[str, int] = field(default_factory=dict)
     sent: int = 0
     late_sends: int = 0
+    first_response_us: list[float] = field(default_factory=list)
+    inter_response_us: list[float] = field(default_factory=list)
+    responses: int = 0
 
     def error(self, name: str) -> None:
         self.errors[name] = self.errors.get(name, 0) + 1
@@ -108,6 +118,8 @@ class LoadSession:
     DEADLINE_EXCEEDED errors rather than a hang. ``max_outstanding`` bounds the open
     loop's requests in flight; a send beyond it is not made and counts as a
     ``CLIENT_BACKLOG`` error. ``seed`` drives Poisson arrivals, continuing across windows.
+    ``streaming`` sends over ``ModelStreamInfer``; ``decoupled`` (which needs it) also
+    records the times of each request's responses.
 
     A window's ``sent`` counts every send its loop made, refused ones included, so
     ``sent - completed`` is what was still outstanding when it ended.
@@ -125,22 +137,33 @@ class LoadSession:
         max_outstanding: int = 16384,
         drain_timeout_s: float = 5.0,
         seed: int = 0,
+        streaming: bool = False,
+        decoupled: bool = False,
     ) -> None:
         if channels < 1:
             raise ValueError(f"channels must be at least 1, got {channels}")
         if max_outstanding < 1:
             raise ValueError(f"max_outstanding must be at least 1, got {max_outstanding}")
+        if decoupled and not streaming:
+            raise ValueError(f"model '{model}' is decoupled: it answers only over a stream")
         self.model = model
         self.version = version
         self.inputs = dict(inputs)
         self.max_outstanding = max_outstanding
         self.drain_timeout_s = drain_timeout_s
+        self.timeout = timeout
+        self.decoupled = decoupled
         # gRPC shares one connection between channels with equal target and arguments;
         # a local subchannel pool gives each client a TCP connection of its own.
         own_connection = [("grpc.use_local_subchannel_pool", 1)]
         self._clients = [
             AsyncClient(address, timeout=timeout, channel_options=own_connection)
             for _ in range(channels)
+        ]
+        self._streams = [
+            RequestStream(client, model, self.inputs, version=version, decoupled=decoupled)
+            for client in self._clients
+            if streaming
         ]
         self._rng = random.Random(seed)
         self._totals = LoadTotals()
@@ -162,6 +185,8 @@ class LoadSession:
         await self.close()
 
     async def close(self) -> None:
+        for stream in self._streams:
+            await stream.close()
         for client in self._clients:
             await client.close()
 
@@ -199,6 +224,9 @@ class LoadSession:
             sent=tally.sent,
             late_sends=tally.late_sends,
             client_cpu_s=client_cpu_s,
+            first_response_us=np.array(tally.first_response_us, dtype=np.float64),
+            inter_response_us=np.array(tally.inter_response_us, dtype=np.float64),
+            responses=tally.responses,
         )
 
     def _closed_loop(
@@ -207,13 +235,13 @@ class LoadSession:
         if concurrency < 1:
             raise ValueError(f"a closed loop needs a concurrency of at least 1, got {concurrency}")
 
-        async def keep_one_outstanding(client: AsyncClient) -> None:
+        async def keep_one_outstanding(channel: int) -> None:
             while (sent_at := time.perf_counter()) < tally.end:
                 tally.sent += 1
-                await self._request(client, sent_at, tally)
+                await self._request(channel, sent_at, tally)
 
         for index in range(concurrency):
-            tasks.add(asyncio.ensure_future(keep_one_outstanding(self._client(index))))
+            tasks.add(asyncio.ensure_future(keep_one_outstanding(index)))
 
     async def _open_loop(
         self,
@@ -238,29 +266,45 @@ class LoadSession:
             # Timers may fire early (uvloop's have millisecond resolution): such a send
             # is timed from when it went, so that its latency is never shortened.
             began = max(scheduled, now)
-            task = asyncio.ensure_future(self._request(self._client(index), began, tally))
+            task = asyncio.ensure_future(self._request(index, began, tally))
             outstanding.add(task)
             task.add_done_callback(outstanding.discard)
 
-    async def _request(self, client: AsyncClient, began: float, tally: _Window) -> None:
-        """One request; counted in ``tally`` if it completes before the window ends."""
+    async def _request(self, channel: int, began: float, tally: _Window) -> None:
+        """One request on ``channel``; counted in ``tally`` if it completes before the
+        window ends."""
         self._totals.issued += 1
         failure: str | None = None
+        streamed: StreamedRequest | None = None
         try:
-            await client.infer(self.model, self.inputs, version=self.version)
+            if self._streams:
+                streamed = await self._streams[channel % len(self._streams)].infer(self.timeout)
+            else:
+                await self._client(channel).infer(self.model, self.inputs, version=self.version)
         except InferdError as error:
             failure = error.code.name
         except Exception as error:  # a client-side failure is a result too, never a crash
             failure = type(error).__name__
-        finished = time.perf_counter()
-        if failure is None:
-            self._totals.succeeded += 1
-            if finished <= tally.end:
-                tally.latencies_us.append((finished - began) * 1e6)
-        else:
+        # A streamed request ends when its final response was read, not when this task
+        # next runs.
+        finished = streamed.finished if streamed is not None else time.perf_counter()
+        if failure is not None:
             self._totals.failed += 1
             if finished <= tally.end:
                 tally.error(failure)
+            return
+        self._totals.succeeded += 1
+        if finished > tally.end:
+            return
+        if streamed is None or not self.decoupled:
+            tally.latencies_us.append((finished - began) * 1e6)
+            return
+        timing = stream_timing(began, streamed.response_times, streamed.finished)
+        tally.latencies_us.append(timing.latency_us)
+        if timing.first_response_us is not None:
+            tally.first_response_us.append(timing.first_response_us)
+        tally.inter_response_us.extend(timing.inter_response_us)
+        tally.responses += len(streamed.response_times)
 
     async def _drain(self, tasks: set[asyncio.Task[None]]) -> None:
         """Await the window's requests still in flight; cancel those past the timeout."""

@@ -1,5 +1,6 @@
-"""What the load harness's measurements come to: latency percentiles, merged windows, the
-stability rule, the server's own time breakdown and the verdict on one load level.
+"""What the load harness's measurements come to: latency percentiles, a streamed
+request's response times, merged windows, the stability rule, the server's own time
+breakdown and the verdict on one load level.
 
 Pure functions over ``inferd.bench.results`` values and ``ModelStatistics`` messages: no
 I/O, no clocks, so the runner decides when to measure and these only do arithmetic.
@@ -7,12 +8,21 @@ I/O, no clocks, so the runner decides when to measure and these only do arithmet
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
 
 from ..protos import grpc_service_pb2 as pb
-from .results import LatencySummary, LevelResult, LoadLevel, LoadMode, ServerBreakdown, WindowResult
+from .results import (
+    LatencySummary,
+    LevelResult,
+    LoadLevel,
+    LoadMode,
+    ServerBreakdown,
+    StreamTiming,
+    WindowResult,
+)
 
 STABILITY_WINDOWS = 3  # perf_analyzer's stability_window: judge and report the last three
 
@@ -51,20 +61,45 @@ def summarize_latencies(latencies_us: np.ndarray) -> LatencySummary:
     )
 
 
+def stream_timing(began: float, response_times: Sequence[float], finished: float) -> StreamTiming:
+    """A streamed request's times from clock readings in seconds: sent at ``began``,
+    responses with outputs at ``response_times`` (in arrival order), final response at
+    ``finished``.
+
+    Latency runs to the final response, which for a decoupled model may be an empty one
+    after the last response with outputs (perf_analyzer likewise ends a request at its
+    final response). First-response latency runs to the first response with outputs;
+    inter-response times are the gaps between consecutive ones, so a request with ``n``
+    responses gives ``n - 1`` of them and the empty final response gives none.
+    """
+    gaps = tuple((later - earlier) * 1e6 for earlier, later in itertools.pairwise(response_times))
+    if any(gap < 0 for gap in gaps):
+        raise ValueError("response times must be in arrival order")
+    first = (response_times[0] - began) * 1e6 if response_times else None
+    return StreamTiming((finished - began) * 1e6, first, gaps)
+
+
+def _joined(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    parts = [np.asarray(array, dtype=np.float64) for array in arrays]
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.float64)
+
+
 def merge_windows(windows: Sequence[WindowResult]) -> WindowResult:
-    """One window covering them all: durations, counts and CPU summed, latencies joined."""
+    """One window covering them all: durations, counts and CPU summed, samples joined."""
     errors: dict[str, int] = {}
     for window in windows:
         for status, count in window.errors.items():
             errors[status] = errors.get(status, 0) + count
-    latencies = [np.asarray(window.latencies_us, dtype=np.float64) for window in windows]
     return WindowResult(
         duration_s=sum(window.duration_s for window in windows),
-        latencies_us=np.concatenate(latencies) if latencies else np.empty(0, dtype=np.float64),
+        latencies_us=_joined([window.latencies_us for window in windows]),
         errors=errors,
         sent=sum(window.sent for window in windows),
         late_sends=sum(window.late_sends for window in windows),
         client_cpu_s=sum(window.client_cpu_s for window in windows),
+        first_response_us=_joined([window.first_response_us for window in windows]),
+        inter_response_us=_joined([window.inter_response_us for window in windows]),
+        responses=sum(window.responses for window in windows),
     )
 
 
@@ -184,16 +219,22 @@ def level_result(
     stable: bool,
     server: ServerBreakdown | None,
     workers: int,
+    decoupled: bool = False,
 ) -> LevelResult:
     """What one load level came to, reported over its last three windows (or all of them
     if it ran fewer). ``workers`` is the number of load processes, each allowed up to 0.9
     of a core before the result is flagged as limited by the load generator.
+    ``decoupled`` (streaming to a decoupled model) adds the first-response and
+    inter-response summaries and the response throughput.
 
     Failed requests, instability, a CPU-bound load generator and (open loop) a missed
     send schedule each add a warning: nothing that makes the numbers doubtful is hidden.
     """
     reported = windows[-STABILITY_WINDOWS:]
     merged = merge_windows(reported)
+    responses = None
+    if decoupled:
+        responses = merged.responses / merged.duration_s if merged.duration_s > 0 else 0.0
     return LevelResult(
         level=level,
         stable=stable,
@@ -206,4 +247,7 @@ def level_result(
         client_cpu=merged.client_cpu_s / merged.duration_s if merged.duration_s > 0 else 0.0,
         server=server,
         warnings=tuple(_warnings(level, reported, merged, stable, len(windows), workers)),
+        first_response=summarize_latencies(merged.first_response_us) if decoupled else None,
+        inter_response=summarize_latencies(merged.inter_response_us) if decoupled else None,
+        response_throughput=responses,
     )

@@ -8,18 +8,39 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from inferd.bench.results import LevelResult, LoadMode
+from inferd.bench.results import LatencySummary, LevelResult, LoadMode
 
 
 def _ms(microseconds: float) -> str:
     return f"{microseconds / 1000:.2f}"
 
 
+def _streamed(results: Sequence[LevelResult]) -> bool:
+    """Whether the results time each response (streaming to a decoupled model)."""
+    return any(result.first_response is not None for result in results)
+
+
+def _response_cells(result: LevelResult) -> list[str]:
+    first, inter = result.first_response, result.inter_response
+    if first is None or inter is None:
+        return ["-"] * 5
+    return [
+        f"{result.response_throughput or 0.0:,.1f}", _ms(first.p50_us), _ms(first.p99_us),
+        _ms(inter.p50_us), _ms(inter.p99_us),
+    ]  # fmt: skip
+
+
 def table(results: Sequence[LevelResult]) -> str:
+    """One row per level. Streaming to a decoupled model adds responses per second and
+    the first-response and inter-response latencies (p50, p99); latency then runs to
+    each request's final response."""
+    streamed = _streamed(results)
     header = [
         "load", "req/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "max ms", "errors",
         "server queue / infer / overhead ms", "load CPU", "stable",
     ]  # fmt: skip
+    if streamed:
+        header[7:7] = ["resp/s", "first p50 ms", "first p99 ms", "inter p50 ms", "inter p99 ms"]
     rows = [header]
     for result in results:
         latency = result.latency
@@ -30,12 +51,15 @@ def table(results: Sequence[LevelResult]) -> str:
             else "-"
         )
         errors = ", ".join(f"{code} {count}" for code, count in sorted(result.errors.items()))
-        rows.append([
+        row = [
             result.level.label(), f"{result.throughput:,.1f}", _ms(latency.p50_us),
             _ms(latency.p90_us), _ms(latency.p95_us), _ms(latency.p99_us), _ms(latency.max_us),
             errors or "0", breakdown, f"{result.client_cpu:.0%}",
             "yes" if result.stable else f"no ({result.windows} windows)",
-        ])  # fmt: skip
+        ]  # fmt: skip
+        if streamed:
+            row[7:7] = _response_cells(result)
+        rows.append(row)
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
              for row in rows]  # fmt: skip
@@ -73,17 +97,43 @@ _CSV_COLUMNS = [
 ]  # fmt: skip
 
 
+# Streaming to a decoupled model: perf_analyzer's "Response Throughput" after
+# "Inferences/Second", and the per-response latencies at the end, named as the latency
+# columns are.
+_RESPONSE_THROUGHPUT = "Response Throughput"
+_STATISTICS = ["p50", "p90", "p95", "p99", "Avg", "Max"]
+_RESPONSE_COLUMNS = [
+    f"{statistic} {name} latency"
+    for name in ("first response", "inter response")
+    for statistic in _STATISTICS
+]
+
+
+def _summary_cells(summary: LatencySummary | None) -> list[int | str]:
+    if summary is None:
+        return [""] * len(_STATISTICS)
+    return [
+        round(summary.p50_us), round(summary.p90_us), round(summary.p95_us),
+        round(summary.p99_us), round(summary.avg_us), round(summary.max_us),
+    ]  # fmt: skip
+
+
 def write_csv(results: Sequence[LevelResult], path: Path) -> None:
     rate_mode = any(result.level.mode is LoadMode.RATE for result in results)
     first = "Request Rate" if rate_mode else "Concurrency"
+    streamed = _streamed(results)
+    columns = [first, *_CSV_COLUMNS]
+    if streamed:
+        columns[2:2] = [_RESPONSE_THROUGHPUT]
+        columns += _RESPONSE_COLUMNS
     with path.open("w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow([first, *_CSV_COLUMNS])
+        writer.writerow(columns)
         for result in results:
             server = result.server
             latency = result.latency
             level = result.level.value
-            writer.writerow([
+            row: list[int | str] = [
                 f"{level:g}" if rate_mode else int(level), f"{result.throughput:.2f}",
                 *(
                     [round(server.queue_us), round(server.compute_input_us),
@@ -94,7 +144,13 @@ def write_csv(results: Sequence[LevelResult], path: Path) -> None:
                 round(latency.p99_us), round(latency.avg_us), round(latency.max_us),
                 round(server.overhead_us) if server is not None else "",
                 sum(result.errors.values()), f"{result.client_cpu:.3f}", int(result.stable),
-            ])  # fmt: skip
+            ]  # fmt: skip
+            if streamed:
+                responses = result.response_throughput
+                row[2:2] = [f"{responses:.2f}" if responses is not None else ""]
+                row += _summary_cells(result.first_response)
+                row += _summary_cells(result.inter_response)
+            writer.writerow(row)
 
 
 def plot(results: Sequence[LevelResult], path: Path) -> None:

@@ -33,9 +33,18 @@ class LoadLevel:
         return f"{self.value:g} req/s ({self.distribution.value})"
 
 
+def _no_samples() -> np.ndarray:
+    return np.empty(0, dtype=np.float64)
+
+
 @dataclass(slots=True)
 class WindowResult:
-    """What one measurement window saw, summed over every worker process."""
+    """What one measurement window saw, summed over every worker process.
+
+    The response fields are filled only when streaming to a decoupled model, where a
+    request may have many responses: the time from the send to its first response, the
+    gaps between its consecutive responses, and how many responses carried outputs.
+    """
 
     duration_s: float
     latencies_us: np.ndarray  # successful requests completed in the window
@@ -43,6 +52,9 @@ class WindowResult:
     sent: int = 0
     late_sends: int = 0  # open loop: sends more than a millisecond behind schedule
     client_cpu_s: float = 0.0  # CPU time of the load processes over the window
+    first_response_us: np.ndarray = field(default_factory=_no_samples)
+    inter_response_us: np.ndarray = field(default_factory=_no_samples)
+    responses: int = 0
 
     @property
     def completed(self) -> int:
@@ -51,6 +63,15 @@ class WindowResult:
     @property
     def throughput(self) -> float:
         return len(self.latencies_us) / self.duration_s if self.duration_s > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class StreamTiming:
+    """One streamed request's times, in microseconds, from its send."""
+
+    latency_us: float  # to its final response
+    first_response_us: float | None  # to its first response with outputs; None: there was none
+    inter_response_us: tuple[float, ...]  # between its consecutive responses with outputs
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,3 +119,8 @@ class LevelResult:
     client_cpu: float  # load processes' CPU as a fraction of one core
     server: ServerBreakdown | None  # None: the server has no statistics
     warnings: tuple[str, ...] = ()
+    # Streaming to a decoupled model only (else None): latency runs to the final
+    # response; these time the responses themselves.
+    first_response: LatencySummary | None = None
+    inter_response: LatencySummary | None = None
+    response_throughput: float | None = None  # responses with outputs per second

@@ -31,6 +31,8 @@ class SweepSettings:
     warmup_s: float
     workers: int
     request_timeout_s: float
+    streaming: bool = False  # ModelStreamInfer instead of ModelInfer
+    decoupled: bool = False  # the model's transaction policy; needs streaming
 
 
 class StatisticsReader:
@@ -81,6 +83,8 @@ def run_sweep(
             inputs,
             version=settings.version,
             timeout=settings.request_timeout_s,
+            streaming=settings.streaming,
+            decoupled=settings.decoupled,
         )
         with WorkerPool(session, workers=settings.workers) as pool:
             for level in settings.levels:
@@ -114,7 +118,9 @@ def _measure_level(
             break
     reported = min(3, len(windows))
     server = server_breakdown(snapshots[-1 - reported], snapshots[-1])
-    return level_result(level, windows, stable, server, workers=settings.workers)
+    return level_result(
+        level, windows, stable, server, workers=settings.workers, decoupled=settings.decoupled
+    )
 
 
 def expand_range(text: str, integer: bool) -> list[float]:

@@ -49,6 +49,8 @@ class SessionConfig:
     max_outstanding: int = 16384
     drain_timeout_s: float = 5.0
     seed: int = 0
+    streaming: bool = False
+    decoupled: bool = False
 
     def session(self) -> LoadSession:
         return LoadSession(
@@ -61,6 +63,8 @@ class SessionConfig:
             max_outstanding=self.max_outstanding,
             drain_timeout_s=self.drain_timeout_s,
             seed=self.seed,
+            streaming=self.streaming,
+            decoupled=self.decoupled,
         )
 
 
@@ -120,15 +124,20 @@ def merge_windows(results: list[WindowResult]) -> WindowResult:
     for result in results:
         for name, count in result.errors.items():
             errors[name] = errors.get(name, 0) + count
+
+    def joined(arrays: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(arrays) if arrays else np.empty(0, dtype=np.float64)
+
     return WindowResult(
         duration_s=max((result.duration_s for result in results), default=0.0),
-        latencies_us=np.concatenate([result.latencies_us for result in results])
-        if results
-        else np.empty(0, dtype=np.float64),
+        latencies_us=joined([result.latencies_us for result in results]),
         errors=errors,
         sent=sum(result.sent for result in results),
         late_sends=sum(result.late_sends for result in results),
         client_cpu_s=sum(result.client_cpu_s for result in results),
+        first_response_us=joined([result.first_response_us for result in results]),
+        inter_response_us=joined([result.inter_response_us for result in results]),
+        responses=sum(result.responses for result in results),
     )
 
 

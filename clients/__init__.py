@@ -5,6 +5,12 @@
     with Client("127.0.0.1:8001") as client:
         outputs = client.infer("simple", {"INPUT0": a, "INPUT1": b})
 
+``AsyncClient.stream_infer`` also speaks ``ModelStreamInfer``: ``StreamRequest`` objects
+in, ``StreamResponse`` objects out, as many per request as a decoupled model sends::
+
+    async for response in client.stream_infer(requests):
+        print(response.request_id, response.final, response.outputs)
+
 Tensors go in and come out as numpy arrays keyed by name (BYTES tensors as object
 arrays of ``bytes``). Every failed call raises a subclass of ``InferdError`` named
 after its gRPC status, e.g. ``NotFoundError`` for an unknown model. Both clients work
@@ -13,7 +19,15 @@ against Triton itself as well.
 
 from ._async_client import AsyncClient
 from ._client import Client
-from ._codec import ModelMetadata, ParameterValue, RepositoryModel, ServerMetadata, TensorMetadata
+from ._codec import (
+    ModelMetadata,
+    ParameterValue,
+    RepositoryModel,
+    ServerMetadata,
+    StreamRequest,
+    StreamResponse,
+    TensorMetadata,
+)
 from ._errors import (
     DeadlineExceededError,
     InferdError,
@@ -41,6 +55,8 @@ __all__ = [
     "RequestCancelledError",
     "ResourceExhaustedError",
     "ServerMetadata",
+    "StreamRequest",
+    "StreamResponse",
     "TensorMetadata",
     "UnavailableError",
     "UnexpectedStatusError",

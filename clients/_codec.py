@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 from ..protos import grpc_service_pb2 as pb
 from ..protos import model_config_pb2
 from ..protos.datatypes import NUMPY_DTYPES, datatype_of, decode_bytes_tensor, encode_bytes_tensor
-from ._errors import InternalError
+from ._errors import InferdError, InternalError, error_from_stream
 
 ResultT = TypeVar("ResultT")
 
@@ -31,6 +31,11 @@ ParameterValue = bool | int | float | str
 """A request parameter; Python's type picks the ``InferParameter`` field."""
 
 _INT64_MAX = 2**63 - 1
+
+# Triton's streaming parameters: the flag on every streamed response, and the request
+# parameter that asks a decoupled model for an empty response marking the end.
+FINAL_RESPONSE = "triton_final_response"
+EMPTY_FINAL_RESPONSE = "triton_enable_empty_final_response"
 
 # Which InferTensorContents field holds each datatype when a server sends typed
 # contents instead of raw bytes. FP16 has none: the protocol sends it raw only.
@@ -87,6 +92,49 @@ class RepositoryModel:
     version: str
     state: str
     reason: str
+
+
+# eq=False: the tensors are numpy arrays, whose == does not give a truth value.
+@dataclass(frozen=True, slots=True, eq=False)
+class StreamRequest:
+    """One request to send on a ``ModelStreamInfer`` stream (``AsyncClient.stream_infer``).
+
+    ``request_id`` is what the request's responses carry back, so give every request on
+    a stream a distinct one. ``outputs=None`` asks for all of the model's outputs.
+    ``enable_empty_final_response`` asks a decoupled model to mark the end of the
+    request's responses with an empty one (Triton's ``triton_enable_empty_final_response``);
+    without it, a decoupled model's last response may be indistinguishable from the rest.
+    """
+
+    model: str
+    inputs: Mapping[str, npt.ArrayLike]
+    outputs: Iterable[str] | None = None
+    request_id: str = ""
+    version: str = ""
+    parameters: Mapping[str, ParameterValue] = field(default_factory=dict)
+    enable_empty_final_response: bool = False
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class StreamResponse:
+    """One response read from a ``ModelStreamInfer`` stream.
+
+    ``request_id`` is the id of the request it answers. ``final`` marks the request's
+    last response (``triton_final_response``); a decoupled model may send several
+    responses per request, or an empty final one with no outputs. A response without
+    the flag (an error for a request that never ran, or a server that does not send it)
+    is final. ``error`` is set, and ``outputs`` empty, when the server answered the
+    request with an error; the stream goes on. ``parameters`` holds the response's other
+    parameters.
+    """
+
+    request_id: str
+    model: str
+    version: str
+    outputs: dict[str, np.ndarray]
+    final: bool
+    error: InferdError | None = None
+    parameters: Mapping[str, ParameterValue] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +255,57 @@ def parse_infer_response(response: pb.ModelInferResponse) -> dict[str, np.ndarra
             raise InternalError(f"output '{tensor.name}': {error}") from None
         arrays[tensor.name] = array
     return arrays
+
+
+def stream_request_message(request: StreamRequest) -> pb.ModelInferRequest:
+    """The ``ModelInferRequest`` that carries ``request`` on a stream."""
+    parameters = dict(request.parameters)
+    if request.enable_empty_final_response:
+        parameters[EMPTY_FINAL_RESPONSE] = True
+    return build_infer_request(
+        request.model,
+        request.inputs,
+        outputs=request.outputs,
+        version=request.version,
+        request_id=request.request_id,
+        parameters=parameters,
+    )
+
+
+def parse_stream_response(message: pb.ModelStreamInferResponse) -> StreamResponse:
+    """A streamed response, its outputs read as ``parse_infer_response`` reads them.
+
+    ``error_message`` becomes ``error`` (see ``error_from_stream``). Raises
+    InternalError if an output's data doesn't match its datatype and shape.
+    """
+    response = message.infer_response
+    parameters = {
+        key: _parameter_value(value)
+        for key, value in response.parameters.items()
+        if key != FINAL_RESPONSE
+    }
+    flag = response.parameters.get(FINAL_RESPONSE)
+    final = flag.bool_param if flag is not None else True
+    error: InferdError | None = None
+    outputs: dict[str, np.ndarray] = {}
+    if message.error_message:
+        error = error_from_stream(message.error_message)
+    else:
+        outputs = parse_infer_response(response)
+    return StreamResponse(
+        request_id=response.id,
+        model=response.model_name,
+        version=response.model_version,
+        outputs=outputs,
+        final=final,
+        error=error,
+        parameters=parameters,
+    )
+
+
+def _parameter_value(parameter: pb.InferParameter) -> ParameterValue:
+    kind = parameter.WhichOneof("parameter_choice")
+    return getattr(parameter, kind) if kind is not None else ""
 
 
 def _parameter(key: str, value: ParameterValue) -> pb.InferParameter:

@@ -116,6 +116,17 @@ def error_from_rpc(error: grpc.RpcError) -> InferdError:
     return cls(message)
 
 
+def error_from_stream(message: str) -> InferdError:
+    """An ``error_message`` read from a ``ModelStreamInfer`` stream, as an error.
+
+    A stream carries the server's message without its status code, so the error is an
+    ``UnexpectedStatusError`` with code UNKNOWN. A client that needs the code sends the
+    ``triton_grpc_error`` header instead, which makes the first error end the call with
+    its status.
+    """
+    return UnexpectedStatusError(message, grpc.StatusCode.UNKNOWN)
+
+
 @contextmanager
 def translated_rpc_errors() -> Iterator[None]:
     """Re-raise a ``grpc.RpcError`` from the block as its ``InferdError``.

@@ -119,6 +119,18 @@ def test_merge_windows_adds_counts_and_overlaps_durations() -> None:
     assert (merged.sent, merged.late_sends, merged.client_cpu_s) == (9, 3, 0.75)
 
 
+def test_merge_windows_joins_response_samples() -> None:
+    one = WindowResult(1.0, np.array([5.0]), first_response_us=np.array([1.0]), responses=2)
+    two = WindowResult(
+        1.0, np.array([6.0]), first_response_us=np.array([2.0]),
+        inter_response_us=np.array([0.5]), responses=3,
+    )  # fmt: skip
+    merged = merge_windows([one, two])
+    assert merged.first_response_us.tolist() == [1.0, 2.0]
+    assert merged.inter_response_us.tolist() == [0.5]
+    assert merged.responses == 5
+
+
 # --- against the demo server -----------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ from inferd.bench.measure import (
     level_result,
     merge_windows,
     server_breakdown,
+    stream_timing,
     summarize_latencies,
 )
 from inferd.bench.results import (
@@ -18,6 +19,7 @@ from inferd.bench.results import (
     LoadLevel,
     LoadMode,
     ServerBreakdown,
+    StreamTiming,
     WindowResult,
 )
 from inferd.protos import grpc_service_pb2 as pb
@@ -105,6 +107,43 @@ def test_merge_of_nothing_is_empty() -> None:
     assert merged.duration_s == 0.0
     assert len(merged.latencies_us) == 0
     assert merged.throughput == 0.0
+
+
+def test_merge_joins_response_samples_and_sums_responses() -> None:
+    first = WindowResult(
+        1.0, np.array([10.0]), first_response_us=np.array([4.0]),
+        inter_response_us=np.array([1.0, 2.0]), responses=3,
+    )  # fmt: skip
+    second = WindowResult(1.0, np.array([20.0]), first_response_us=np.array([5.0]), responses=1)
+    merged = merge_windows([first, second])
+    assert merged.first_response_us.tolist() == [4.0, 5.0]
+    assert merged.inter_response_us.tolist() == [1.0, 2.0]
+    assert merged.responses == 4
+
+
+# Streamed requests.
+
+
+def test_stream_timing_measures_from_the_send() -> None:
+    # Sent at 10 s; responses at +1, +3 and +6 ms; the empty final one at +7 ms.
+    timing = stream_timing(10.0, [10.001, 10.003, 10.006], 10.007)
+    assert timing.latency_us == pytest.approx(7000)
+    assert timing.first_response_us == pytest.approx(1000)
+    assert timing.inter_response_us == pytest.approx((2000, 3000))
+
+
+def test_one_response_has_no_inter_response_time() -> None:
+    # A non-decoupled model's one response is both the first and the final.
+    assert stream_timing(1.0, [1.5], 1.5) == StreamTiming(500_000.0, 500_000.0, ())
+
+
+def test_a_request_without_responses_has_only_a_latency() -> None:
+    assert stream_timing(1.0, [], 1.25) == StreamTiming(250_000.0, None, ())
+
+
+def test_response_times_out_of_order_are_refused() -> None:
+    with pytest.raises(ValueError, match="arrival order"):
+        stream_timing(0.0, [2.0, 1.0], 3.0)
 
 
 # Stability.
@@ -284,3 +323,31 @@ def test_late_sends_above_one_percent_are_a_warning() -> None:
 def test_closed_loop_ignores_send_accounting() -> None:
     windows = [_window(sent=1, late_sends=1) for _ in range(3)]
     assert level_result(CONCURRENCY_4, windows, True, None, workers=1).warnings == ()
+
+
+def test_decoupled_level_reports_response_latencies_and_throughput() -> None:
+    windows = [
+        WindowResult(
+            1.0,
+            np.full(10, 9000.0),
+            first_response_us=np.full(10, 1000.0),
+            inter_response_us=np.arange(1, 31, dtype=np.float64),
+            responses=40,
+        )
+        for _ in range(3)
+    ]
+    result = level_result(CONCURRENCY_4, windows, True, None, workers=1, decoupled=True)
+    assert result.throughput == 10.0
+    assert result.response_throughput == 40.0
+    assert result.first_response is not None and result.inter_response is not None
+    assert result.first_response.count == 30
+    assert result.first_response.p99_us == 1000.0
+    assert result.inter_response.count == 90
+    assert (result.inter_response.p50_us, result.inter_response.max_us) == (15.0, 30.0)
+
+
+def test_other_levels_leave_response_latencies_out() -> None:
+    result = level_result(CONCURRENCY_4, [_window()] * 3, True, None, workers=1)
+    assert result.first_response is None
+    assert result.inter_response is None
+    assert result.response_throughput is None
