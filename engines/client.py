@@ -11,9 +11,14 @@ from pathlib import Path
 from typing import Protocol
 
 from inferd.engines.engine import Engine, ModelInfo
-from inferd.engines.errors import EngineError
 from inferd.engines.statistics import StatisticsSnapshot
-from inferd.engines.types import BatchObserver, InferRequest, InferResponse, ModelIndexEntry
+from inferd.engines.types import (
+    BatchObserver,
+    ErrorResponse,
+    InferRequest,
+    InferResponse,
+    ModelIndexEntry,
+)
 
 
 class EngineClient(Protocol):
@@ -33,10 +38,10 @@ class EngineClient(Protocol):
     async def infer(self, request: InferRequest) -> InferResponse:
         """Run one request. Cancelling the awaiting task aborts it: queued work is dropped."""
 
-    def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse | EngineError]:
+    def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse | ErrorResponse]:
         """Run one request and yield its responses in order, the last with ``final``
-        set; a decoupled model may send many, or errors (yielded). Errors before the
-        model ran are raised. Closing the iterator early aborts the request."""
+        set; a decoupled model may send many, and errors (ErrorResponse items). Errors
+        before the model ran are raised. Closing the iterator early aborts the request."""
 
     async def close(self) -> None:
         """Finish queued work and release every model."""
@@ -68,7 +73,7 @@ class InProcessEngineClient:
     async def infer(self, request: InferRequest) -> InferResponse:
         return await self._engine.infer(request)
 
-    def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse | EngineError]:
+    def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse | ErrorResponse]:
         return self._engine.infer_stream(request)
 
     async def close(self) -> None:

@@ -14,6 +14,7 @@ from inferd.engines.repository import LoadedModel, load_model, model_directories
 from inferd.engines.statistics import StatisticsSnapshot
 from inferd.engines.types import (
     BatchObserver,
+    ErrorResponse,
     InferRequest,
     InferResponse,
     ModelIndexEntry,
@@ -143,7 +144,7 @@ class Engine:
     async def infer(self, request: InferRequest) -> InferResponse:
         return await self.model(request.model_name, request.model_version).infer(request)
 
-    def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse | EngineError]:
+    def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse | ErrorResponse]:
         return self.model(request.model_name, request.model_version).infer_stream(request)
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ from inferd.engines.packing import signature
 from inferd.engines.scheduler import PendingRequest
 from inferd.engines.statistics import ModelStatistics
 from inferd.engines.streams import ResponseStream
-from inferd.engines.types import InferRequest, InferResponse, OutputTensor
+from inferd.engines.types import ErrorResponse, InferRequest, InferResponse, OutputTensor
 from inferd.engines.validation import TensorSpec, validate_request
 from inferd.protos import model_config_pb2
 from inferd.protos.datatypes import NUMPY_DTYPES, config_type_to_datatype
@@ -93,10 +93,11 @@ class ModelVersion:
 
     async def infer_stream(
         self, request: InferRequest
-    ) -> AsyncIterator[InferResponse | EngineError]:
+    ) -> AsyncIterator[InferResponse | ErrorResponse]:
         """The request's responses in order, ending with the final one. Errors the model
-        sends for the request come as items; errors before it ran (validation, a full
-        queue, a timeout) are raised. Cancelling the iteration aborts the request."""
+        sends for the request come as ErrorResponse items; errors before it ran
+        (validation, a full queue, a timeout) are raised. Cancelling the iteration
+        aborts the request."""
         if not self.decoupled:
             yield await self.infer(request)
             return
@@ -124,7 +125,10 @@ class ModelVersion:
                         continue
                 item = await get
                 if item.error is not None:
-                    yield item.error
+                    ends = item.final and item.outputs is None
+                    yield ErrorResponse(item.error, ends)
+                    if ends:
+                        return
                 if item.outputs is not None:
                     yield self._response(request, prepared, item.outputs, final=item.final)
                 elif item.final:

@@ -12,6 +12,8 @@ from typing import Protocol
 
 import numpy as np
 
+from inferd.engines.errors import EngineError
+
 ParameterValue = bool | int | float | str
 
 
@@ -68,6 +70,15 @@ class InferResponse:
     # The request's last response. A decoupled model's request may have many, or end
     # with an empty one that carries only this flag.
     final: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorResponse:
+    """A streamed request's response that reports an error; ``final`` when it also ends
+    the request (a decoupled model may report an error and go on)."""
+
+    error: EngineError
+    final: bool
 
 
 class ModelState(enum.Enum):

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import grpc
 
-from inferd.engines import EngineClient, EngineError, ErrorCode, InferResponse
+from inferd.engines import EngineClient, EngineError, ErrorCode, ErrorResponse, InferResponse
 from inferd.protos import grpc_service_pb2 as pb
 from inferd.server.codec import decode_infer_request, encode_infer_response
 from inferd.server.status import STATUS_BY_ERROR_CODE
@@ -50,14 +50,16 @@ class _Abort:
 _Outgoing: TypeAlias = "pb.ModelStreamInferResponse | _Abort | None"  # None: all done
 
 
-def _error_response(request: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:
-    # The request's id rides along so that a client can tell whose error it is.
-    return pb.ModelStreamInferResponse(
-        error_message=message,
-        infer_response=pb.ModelInferResponse(
-            model_name=request.model_name, model_version=request.model_version, id=request.id
-        ),
+def _error_response(
+    request: pb.ModelInferRequest, message: str, final: bool
+) -> pb.ModelStreamInferResponse:
+    # The request's id rides along so that a client can tell whose error it is, and the
+    # final flag says whether more responses of that request may follow.
+    response = pb.ModelInferResponse(
+        model_name=request.model_name, model_version=request.model_version, id=request.id
     )
+    response.parameters[FINAL_RESPONSE].bool_param = final
+    return pb.ModelStreamInferResponse(error_message=message, infer_response=response)
 
 
 def _stream_response(response: InferResponse) -> pb.ModelStreamInferResponse:
@@ -133,7 +135,7 @@ class StreamCall:
         if self._grpc_errors:
             await self._outgoing.put(_Abort(STATUS_BY_ERROR_CODE[code], message))
         else:
-            await self._outgoing.put(_error_response(request, message))
+            await self._outgoing.put(_error_response(request, message, final=True))
 
     async def _answer(
         self, request: pb.ModelInferRequest
@@ -154,11 +156,11 @@ class StreamCall:
         error: BaseException | None = None
         try:
             async for item in self._engine.infer_stream(engine_request):
-                if isinstance(item, EngineError):
+                if isinstance(item, ErrorResponse):
                     if self._grpc_errors:
-                        yield _Abort(STATUS_BY_ERROR_CODE[item.code], item.message)
+                        yield _Abort(STATUS_BY_ERROR_CODE[item.error.code], item.error.message)
                         return
-                    yield _error_response(request, item.message)
+                    yield _error_response(request, item.error.message, item.final)
                 elif item.outputs or not item.final or empty_final:
                     yield _stream_response(item)
         except BaseException as exc:

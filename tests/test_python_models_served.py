@@ -5,6 +5,7 @@ model serving, error responses, auto-complete, statistics of a decoupled model, 
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import textwrap
 from collections.abc import Iterator
@@ -76,6 +77,24 @@ class TritonPythonModel:
 """
 
 
+# A decoupled model that reports a problem and goes on: error, then data, then the end.
+ERROR_THEN_DATA = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError("a warning")))
+            data = pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()
+            sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", data)]))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+"""
+
+
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("python-models")
@@ -100,6 +119,18 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
             instance_group [ { kind: KIND_CPU count: 1 } ]
             """
         )
+    )
+    decoupled = root / "error_then_data" / "1"
+    decoupled.mkdir(parents=True)
+    (decoupled / "model.py").write_text(ERROR_THEN_DATA)
+    (root / "error_then_data" / "config.pbtxt").write_text(
+        """
+        backend: "python"
+        max_batch_size: 0
+        model_transaction_policy { decoupled: true }
+        input [ { name: "IN" data_type: TYPE_INT32 dims: [ 2 ] } ]
+        output [ { name: "OUT" data_type: TYPE_INT32 dims: [ 2 ] } ]
+        """
     )
     auto = root / "auto" / "1"
     auto.mkdir(parents=True)
@@ -207,6 +238,32 @@ def test_decoupled_requests_count_in_the_statistics(demo_server: ServerProcess) 
     after = client.get_inference_statistics("repeat_int32").model_stats[0]
     client.close()
     assert after.inference_stats.success.count == before.inference_stats.success.count + 1
+
+
+def test_a_decoupled_error_that_is_not_final_leaves_the_request_open(
+    server: ServerProcess,
+) -> None:
+    from inferd.clients import AsyncClient, StreamRequest
+
+    async def run() -> list[tuple[bool, bool, dict]]:
+        assert server.address is not None
+        async with AsyncClient(server.address) as client:
+            request = StreamRequest(
+                "error_then_data",
+                {"IN": np.array([3, 4], dtype=np.int32)},
+                request_id="r",
+                enable_empty_final_response=True,
+            )
+            return [
+                (response.error is not None, response.final, response.outputs)
+                async for response in client.stream_infer([request])
+            ]
+
+    received = asyncio.run(run())
+    assert [(error, final) for error, final, _ in received] == [
+        (True, False), (False, False), (False, True),
+    ]  # fmt: skip
+    assert received[1][2]["OUT"].tolist() == [3, 4]
 
 
 def test_finalize_runs_at_shutdown(repository: Path) -> None:
