@@ -842,3 +842,21 @@ def test_serve_without_tracing_answers_trace_level_off(
             pb.TraceSettingRequest(), timeout=WAIT_S
         )
     assert _settings(response)["trace_level"] == ["OFF"]
+
+
+def test_a_streamed_request_is_traced_like_a_unary_one(
+    traced: Callable[..., TracedServer],
+) -> None:
+    server = traced()
+    answers: list[Any] = []
+    server.client.start_stream(callback=lambda result, error: answers.append(error or result))
+    try:
+        server.client.async_stream_infer("quick", _inputs(2), request_id="req-stream")
+        spans = server.wait_for(_complete("req-stream"))
+    finally:
+        server.client.stop_stream()
+    assert len(answers) == 1 and not isinstance(answers[0], InferenceServerException)
+    request = _requests(spans)["req-stream"]
+    assert set(_children(spans, request)) == set(PHASES)
+    (batch,) = _batches_linking(spans, request)
+    assert batch.attributes is not None and batch.attributes["inferd.batch.rows"] == 2
