@@ -32,7 +32,7 @@ from inferd.engines.scheduler import (
     RejectReason,
     Scheduler,
 )
-from inferd.engines.statistics import FailureReason, ModelStatistics
+from inferd.engines.statistics import FailureReason, ModelStatistics, ResponseOutcome
 from inferd.engines.streams import ResponseStream, StreamedResponse
 from inferd.engines.types import BatchMember, BatchObserver, BatchRecord, ParameterValue
 
@@ -445,6 +445,8 @@ class _JobSender:
         self._lock = threading.Lock()
         self._ended = False
         self._unary_result: Outputs | EngineError | None = None
+        self._responses = 0  # sent so far (streamed requests)
+        self._last_ns = started_ns  # when the previous response was handed on
 
     def send(
         self,
@@ -465,11 +467,36 @@ class _JobSender:
             response = dict(outputs) if outputs is not None else None
             if job.stream is not None:
                 if response is not None or error is not None or final:
-                    job.stream.put(StreamedResponse(response, error, final))
+                    produced_ns = time.perf_counter_ns()
+                    delivered = job.stream.put(StreamedResponse(response, error, final))
+                    self._count_response(produced_ns, delivered, response, error)
             elif error is not None or response is not None:
                 self._unary_result = error if error is not None else response
             if final:
                 self._end(error)
+
+    def _count_response(
+        self,
+        produced_ns: int,
+        delivered: bool,
+        response: Outputs | None,
+        error: EngineError | None,
+    ) -> None:
+        """Response statistics by index, for streamed (decoupled) requests."""
+        handed_ns = time.perf_counter_ns()
+        if not delivered:
+            outcome = ResponseOutcome.CANCEL
+        elif error is not None:
+            outcome = ResponseOutcome.FAIL
+        elif response is None:
+            outcome = ResponseOutcome.EMPTY
+        else:
+            outcome = ResponseOutcome.SUCCESS
+        self._executor._statistics.record_response(
+            self._responses, produced_ns - self._last_ns, handed_ns - produced_ns, outcome
+        )
+        self._responses += 1
+        self._last_ns = handed_ns
 
     def _end(self, final_error: EngineError | None) -> None:
         job, result = self._job, self._unary_result

@@ -13,6 +13,12 @@ What is counted, as in Triton (``InferenceStatsAggregator`` and the statistics e
   ``last_inference`` (wall-clock milliseconds since the epoch) and the batch statistics
   of the executed batch size.
 - ``pending``: requests queued and not yet picked up by an execution instance.
+- per response of a streamed decoupled request, by its index within the request
+  (``response_stats``): how long the model took to produce it (``compute_infer``, since
+  the execution started or the previous response) and to hand it on (``compute_output``),
+  and its outcome: success, fail (an error response), empty (a final flag alone) or
+  cancel (the client had gone). Indexes from ``MAX_RESPONSE_INDEXES`` on are not kept,
+  so a model that streams without end cannot grow memory.
 
 Response-cache statistics stay zero: inferd has no response cache.
 """
@@ -54,6 +60,50 @@ class BatchStatistics:
     compute_output: Duration
 
 
+class ResponseOutcome(enum.Enum):
+    SUCCESS = "success"
+    FAIL = "fail"
+    EMPTY = "empty_response"
+    CANCEL = "cancel"
+
+
+MAX_RESPONSE_INDEXES = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseStatistics:
+    """The responses at one index of decoupled requests (Triton's InferResponseStatistics)."""
+
+    index: int
+    compute_infer: Duration
+    compute_output: Duration
+    success: Duration
+    fail: Duration
+    empty_response: Duration
+    cancel: Duration
+
+
+class _ResponseAccumulator:
+    __slots__ = ("infer", "outcomes", "output")
+
+    def __init__(self) -> None:
+        self.infer = [0, 0]  # count, ns
+        self.output = [0, 0]
+        self.outcomes = {outcome: [0, 0] for outcome in ResponseOutcome}
+
+    def freeze(self, index: int) -> ResponseStatistics:
+        outcomes = {outcome: Duration(*totals) for outcome, totals in self.outcomes.items()}
+        return ResponseStatistics(
+            index,
+            Duration(*self.infer),
+            Duration(*self.output),
+            outcomes[ResponseOutcome.SUCCESS],
+            outcomes[ResponseOutcome.FAIL],
+            outcomes[ResponseOutcome.EMPTY],
+            outcomes[ResponseOutcome.CANCEL],
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class StatisticsSnapshot:
     """A consistent copy of one model version's statistics, taken under its lock."""
@@ -73,6 +123,7 @@ class StatisticsSnapshot:
     failures: Mapping[FailureReason, int]  # every reason, in FailureReason's order
     batch_stats: tuple[BatchStatistics, ...]  # sorted by batch size
     pending_requests: int
+    response_stats: tuple[ResponseStatistics, ...] = ()  # by index; decoupled models only
 
 
 class _BatchAccumulator:
@@ -121,6 +172,7 @@ class ModelStatistics:
         self._fail_ns = 0
         self._failures = dict.fromkeys(FailureReason, 0)
         self._batches: dict[int, _BatchAccumulator] = {}
+        self._responses: dict[int, _ResponseAccumulator] = {}
         self._pending = 0
 
     def record_success(
@@ -180,6 +232,25 @@ class ModelStatistics:
             batch.infer_ns += compute_infer_ns
             batch.output_ns += compute_output_ns
 
+    def record_response(
+        self, index: int, compute_infer_ns: int, compute_output_ns: int, outcome: ResponseOutcome
+    ) -> None:
+        """One response of a streamed decoupled request, the ``index``-th of its request."""
+        if not 0 <= index < MAX_RESPONSE_INDEXES:
+            return
+        with self._lock:
+            response = self._responses.get(index)
+            if response is None:
+                response = self._responses[index] = _ResponseAccumulator()
+            if outcome is ResponseOutcome.SUCCESS:
+                response.infer[0] += 1
+                response.infer[1] += compute_infer_ns
+                response.output[0] += 1
+                response.output[1] += compute_output_ns
+            totals = response.outcomes[outcome]
+            totals[0] += 1
+            totals[1] += compute_infer_ns + compute_output_ns
+
     def request_queued(self) -> None:
         """A request entered the queue: it is pending until an instance picks it up."""
         with self._lock:
@@ -217,4 +288,7 @@ class ModelStatistics:
                     self._batches[size].freeze(size) for size in sorted(self._batches)
                 ),
                 pending_requests=self._pending,
+                response_stats=tuple(
+                    self._responses[index].freeze(index) for index in sorted(self._responses)
+                ),
             )

@@ -3,7 +3,8 @@
 Field for field as Triton fills ``ModelStatisticsResponse``: the version as a string,
 every ``InferStatistics`` duration present (the response-cache ones at zero, since inferd
 has no cache), one ``InferBatchStatistics`` per executed batch size in ascending order.
-``memory_usage`` and ``response_stats`` (decoupled models) stay empty.
+``response_stats`` (decoupled models) keyed by response index as a string;
+``memory_usage`` stays empty.
 """
 
 from __future__ import annotations
@@ -47,4 +48,12 @@ def encode_model_statistics(
             _set_duration(encoded.compute_input, batch.compute_input)
             _set_duration(encoded.compute_infer, batch.compute_infer)
             _set_duration(encoded.compute_output, batch.compute_output)
+        for per_index in snapshot.response_stats:
+            index_stats = stats.response_stats[str(per_index.index)]
+            _set_duration(index_stats.compute_infer, per_index.compute_infer)
+            _set_duration(index_stats.compute_output, per_index.compute_output)
+            _set_duration(index_stats.success, per_index.success)
+            _set_duration(index_stats.fail, per_index.fail)
+            _set_duration(index_stats.empty_response, per_index.empty_response)
+            _set_duration(index_stats.cancel, per_index.cancel)
     return response

@@ -11,6 +11,7 @@ import textwrap
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -238,6 +239,18 @@ def test_decoupled_requests_count_in_the_statistics(demo_server: ServerProcess) 
     after = client.get_inference_statistics("repeat_int32").model_stats[0]
     client.close()
     assert after.inference_stats.success.count == before.inference_stats.success.count + 1
+
+    def count(stats: Any, index: str, field: str) -> int:
+        return (
+            getattr(stats.response_stats[index], field).count
+            if index in stats.response_stats
+            else 0
+        )
+
+    # Two responses with data, then the empty final one, each at its index.
+    for index, field in (("0", "success"), ("1", "success"), ("2", "empty_response")):
+        assert count(after, index, field) == count(before, index, field) + 1, (index, field)
+    assert count(after, "0", "compute_infer") == count(before, "0", "compute_infer") + 1
 
 
 def test_a_decoupled_error_that_is_not_final_leaves_the_request_open(

@@ -257,3 +257,23 @@ def test_tritonclient_reads_the_encoded_statistics() -> None:
 
 def test_no_snapshots_encode_an_empty_response() -> None:
     assert encode_model_statistics([]).SerializeToString() == b""
+
+
+def test_response_statistics_by_index_and_outcome() -> None:
+    from inferd.engines.statistics import MAX_RESPONSE_INDEXES, ResponseOutcome
+
+    stats = ModelStatistics("m", 1)
+    stats.record_response(0, 100, 10, ResponseOutcome.SUCCESS)
+    stats.record_response(0, 200, 20, ResponseOutcome.SUCCESS)
+    stats.record_response(1, 50, 5, ResponseOutcome.FAIL)
+    stats.record_response(2, 7, 1, ResponseOutcome.EMPTY)
+    stats.record_response(2, 9, 1, ResponseOutcome.CANCEL)
+    stats.record_response(MAX_RESPONSE_INDEXES, 1, 1, ResponseOutcome.SUCCESS)  # not kept
+    first, second, third = stats.snapshot().response_stats
+    assert (first.index, first.compute_infer, first.compute_output) == (
+        0, Duration(2, 300), Duration(2, 30),
+    )  # fmt: skip
+    assert first.success == Duration(2, 330)
+    assert (second.index, second.fail, second.success) == (1, Duration(1, 55), Duration())
+    assert second.compute_infer == Duration()  # only successful responses count there
+    assert (third.empty_response, third.cancel) == (Duration(1, 8), Duration(1, 10))
