@@ -12,6 +12,7 @@ import enum
 class ErrorCode(enum.Enum):
     INVALID_ARGUMENT = "invalid argument"  # the request is wrong; retrying cannot help
     NOT_FOUND = "not found"  # unknown model or version
+    ALREADY_EXISTS = "already exists"  # e.g. a shared memory region name that is taken
     UNAVAILABLE = "unavailable"  # overloaded, loading or shutting down; retry later
     DEADLINE_EXCEEDED = "deadline exceeded"
     CANCELLED = "cancelled"

@@ -25,6 +25,7 @@ from inferd.server.health import HealthServicer
 from inferd.server.metrics import MetricsServer
 from inferd.server.reflection import INFERENCE_SERVICE, enable_reflection
 from inferd.server.servicer import InferenceServicer
+from inferd.server.shared_memory import SystemSharedMemoryRegistry
 
 if TYPE_CHECKING:
     from inferd.server.tracing import Tracing
@@ -101,6 +102,9 @@ class InferenceServer:
         self._server: grpc.aio.Server | None = None
         self._health = HealthServicer()
         self._servicer: InferenceServicer | None = None
+        self._shared_memory = SystemSharedMemoryRegistry(
+            enabled=config.allow_client_shm, max_request_bytes=config.max_message_bytes
+        )
         self.addresses: list[str] = []
         self._metrics: MetricsServer | None = None
         self.metrics_port: int | None = None
@@ -112,7 +116,7 @@ class InferenceServer:
             self._tracing = _tracing(self.config)
         if self._engine is None:
             self._engine = InProcessEngineClient(_repository(self.config), self._tracing)
-        self._servicer = InferenceServicer(self._engine, self._tracing)
+        self._servicer = InferenceServicer(self._engine, self._tracing, self._shared_memory)
         server = grpc.aio.server(
             options=_grpc_options(self.config),
             maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
@@ -170,6 +174,7 @@ class InferenceServer:
         if self._server is not None:
             await self._server.stop(self.config.grace_period_s)
             self._server = None
+        self._shared_memory.close()  # after the drain: no request reads a region now
         if self._metrics is not None:
             self._metrics.stop()
             self._metrics = None

@@ -94,6 +94,12 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         "--no-uvloop", action="store_true", help="use asyncio's own event loop instead of uvloop"
     )
     serve.add_argument(
+        "--allow-client-shm",
+        action="store_true",
+        help="let clients register POSIX shared memory (/dev/shm) for inputs and outputs, "
+        "Triton's system shared memory; only for clients trusted on this machine (off)",
+    )
+    serve.add_argument(
         "--gil-switch-interval",
         type=float,
         default=_DEFAULTS.gil_switch_interval_s,
@@ -128,6 +134,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         use_uvloop=not args.no_uvloop,
         gil_switch_interval_s=args.gil_switch_interval,
+        allow_client_shm=args.allow_client_shm,
     )
     logging.basicConfig(
         level=config.log_level.upper(),

@@ -8,6 +8,8 @@ the model's config (names, types, shapes, sizes) is checked in the engine.
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import numpy as np
 
 from inferd.engines import (
@@ -21,6 +23,7 @@ from inferd.engines import (
 from inferd.engines.types import ParameterValue
 from inferd.protos import grpc_service_pb2 as pb
 from inferd.protos.datatypes import NUMPY_DTYPES, encode_bytes_tensor
+from inferd.server.shared_memory import RequestRegions
 
 # The datatype each typed-contents field carries, as Triton names it in its errors.
 _FIELD_DATATYPE = {
@@ -147,14 +150,62 @@ _PARAMETER_TYPES = {
 _ANY_PARAMETER = _ParameterType("int64_param", "bool_param", "string_param", "double_param")
 
 
+_ShmTensor: TypeAlias = (
+    "pb.ModelInferRequest.InferInputTensor | pb.ModelInferRequest.InferRequestedOutputTensor"
+)
+
+
+def _shared_memory_parameters(tensor: _ShmTensor) -> tuple[str, int, int] | None:
+    """(region, offset, byte_size) when the tensor uses shared memory, as Triton parses them."""
+    parameters = tensor.parameters
+    region: str | None = None
+    if "shared_memory_region" in parameters:
+        parameter = parameters["shared_memory_region"]
+        if parameter.WhichOneof("parameter_choice") != "string_param":
+            raise _invalid(
+                "invalid value type for 'shared_memory_region' parameter for tensor "
+                f"'{tensor.name}', expected string_param."
+            )
+        region = parameter.string_param
+    values = {"shared_memory_offset": 0, "shared_memory_byte_size": None}
+    for key in values:
+        if key not in parameters:
+            continue
+        if region is None:
+            raise _invalid(
+                f"'{key}' can not be specified without 'shared_memory_region' parameter for "
+                f"tensor '{tensor.name}'"
+            )
+        if parameters[key].WhichOneof("parameter_choice") != "int64_param":
+            raise _invalid(
+                f"invalid value type for '{key}' parameter for tensor '{tensor.name}', "
+                "expected int64_param."
+            )
+        values[key] = parameters[key].int64_param
+    if region is None:
+        return None
+    byte_size = values["shared_memory_byte_size"]
+    if byte_size is None:
+        raise _invalid(
+            "'shared_memory_byte_size' must be specified along with 'shared_memory_region' "
+            f"parameter for tensor '{tensor.name}'"
+        )
+    return region, values["shared_memory_offset"] or 0, byte_size
+
+
 def _requested_output(
-    model: str, output: pb.ModelInferRequest.InferRequestedOutputTensor
+    model: str,
+    output: pb.ModelInferRequest.InferRequestedOutputTensor,
+    regions: RequestRegions | None,
 ) -> RequestedOutput:
-    if "shared_memory_region" in output.parameters:
-        raise EngineError(
-            ErrorCode.UNSUPPORTED,
-            f"output '{output.name}' for model '{model}' asks for shared memory, which inferd "
-            "does not support yet",
+    shared = _shared_memory_parameters(output)
+    if shared is not None:
+        if "classification" in output.parameters:
+            raise _invalid("output can't set both 'shared_memory_region' and 'classification'")
+        if regions is None:
+            raise _invalid(f"output '{output.name}' for model '{model}' cannot use shared memory")
+        regions.bind_output(
+            output.name, *shared, what=f"output '{output.name}' for model '{model}'"
         )
     if "classification" not in output.parameters:
         return RequestedOutput(output.name)
@@ -166,27 +217,38 @@ def _requested_output(
     return RequestedOutput(output.name, parameter.int64_param)
 
 
-def decode_infer_request(request: pb.ModelInferRequest, deadline: float | None) -> InferRequest:
-    """Wire-level decoding; the engine then checks names, types, shapes and sizes."""
+def decode_infer_request(
+    request: pb.ModelInferRequest,
+    deadline: float | None,
+    regions: RequestRegions | None = None,
+) -> InferRequest:
+    """Wire-level decoding; the engine then checks names, types, shapes and sizes.
+
+    Inputs in shared memory are copied out of their regions now; outputs asked for in a
+    region are bound in ``regions`` for ``encode_infer_response`` to write."""
     model = request.model_name
     version = parse_version(request.model_version)
     raw_contents = request.raw_input_contents
     raw_index = 0
     inputs: list[InputTensor] = []
     for tensor in request.inputs:
-        if "shared_memory_region" in tensor.parameters:
-            raise EngineError(
-                ErrorCode.UNSUPPORTED,
-                f"input '{tensor.name}' for model '{model}' uses shared memory, which inferd "
-                "does not support yet; send the data in raw_input_contents",
-            )
+        shared = _shared_memory_parameters(tensor)
         if tensor.datatype not in NUMPY_DTYPES:
             raise _invalid(
                 f"invalid datatype '{tensor.datatype}' for input '{tensor.name}' for model "
                 f"'{model}' (expected one of {', '.join(NUMPY_DTYPES)})"
             )
         data: bytes | np.ndarray
-        if tensor.HasField("contents"):
+        if shared is not None:
+            where = f"input tensor '{tensor.name}' for model '{model}'"
+            if tensor.HasField("contents"):
+                raise _invalid(
+                    f"unexpected 'content' provided when using shared memory for {where}"
+                )
+            if regions is None:
+                raise _invalid(f"{where} cannot use shared memory")
+            data = regions.read_input(*shared, what=where)
+        elif tensor.HasField("contents"):
             if raw_contents:
                 raise _invalid(
                     f"contents field must not be specified when using raw_input_contents for "
@@ -213,14 +275,18 @@ def decode_infer_request(request: pb.ModelInferRequest, deadline: float | None) 
         model_name=model,
         model_version=version,
         inputs=inputs,
-        requested_outputs=tuple(_requested_output(model, output) for output in request.outputs),
+        requested_outputs=tuple(
+            _requested_output(model, output, regions) for output in request.outputs
+        ),
         request_id=request.id,
         parameters=_parameters(request),
         deadline=deadline,
     )
 
 
-def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
+def encode_infer_response(
+    response: InferResponse, regions: RequestRegions | None = None
+) -> pb.ModelInferResponse:
     message = pb.ModelInferResponse(
         model_name=response.model_name,
         model_version=str(response.model_version),
@@ -229,7 +295,12 @@ def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
     for output in response.outputs:
         message.outputs.add(name=output.name, datatype=output.datatype, shape=output.data.shape)
         if output.datatype == "BYTES":
-            message.raw_output_contents.append(encode_bytes_tensor(output.data))
+            data = encode_bytes_tensor(output.data)
         else:
-            message.raw_output_contents.append(output.data.tobytes())
+            data = output.data.tobytes()
+        if regions is not None and regions.write_output(output.name, data, response.model_name):
+            # Written to its region. An empty buffer keeps raw_output_contents aligned with
+            # outputs, as Triton does (clients find each output's buffer by position).
+            data = b""
+        message.raw_output_contents.append(data)
     return message

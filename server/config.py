@@ -28,6 +28,8 @@ class ServerConfig:
     use_uvloop: bool = True
     # sys.setswitchinterval, process-wide: `run` applies it (see GIL_SWITCH_INTERVAL_S).
     gil_switch_interval_s: float = GIL_SWITCH_INTERVAL_S
+    # Triton's system shared memory: clients on this machine register /dev/shm objects.
+    allow_client_shm: bool = False
 
     def addresses(self) -> list[str]:
         addresses = []

@@ -14,6 +14,7 @@ from inferd.engines import EngineClient, EngineError, ErrorCode, ModelInfo, Tens
 from inferd.protos import grpc_service_pb2 as pb
 from inferd.protos import grpc_service_pb2_grpc as pb_grpc
 from inferd.server.codec import decode_infer_request, encode_infer_response, parse_version
+from inferd.server.shared_memory import SystemSharedMemoryRegistry
 from inferd.server.statistics_codec import encode_model_statistics
 from inferd.server.status import maps_engine_errors
 from inferd.server.streaming import StreamCall
@@ -53,9 +54,15 @@ def _tensor_metadata(
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, engine: EngineClient, tracing: Tracing | None = None) -> None:
+    def __init__(
+        self,
+        engine: EngineClient,
+        tracing: Tracing | None = None,
+        shared_memory: SystemSharedMemoryRegistry | None = None,
+    ) -> None:
         self._engine = engine
         self._tracing = tracing  # None: tracing off, and no tracing work at all
+        self._shm = shared_memory or SystemSharedMemoryRegistry(enabled=False)
         self._server_version = _version()
         self._serving = True
 
@@ -88,8 +95,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
+        extensions: tuple[str, ...] = SUPPORTED_EXTENSIONS
+        if self._shm.enabled:
+            extensions += ("system_shared_memory",)
         return pb.ServerMetadataResponse(
-            name=SERVER_NAME, version=self._server_version, extensions=SUPPORTED_EXTENSIONS
+            name=SERVER_NAME, version=self._server_version, extensions=extensions
         )
 
     def _model(self, name: str, version: str) -> ModelInfo:
@@ -148,19 +158,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
         if self._tracing is None:
-            response = await self._engine.infer(decode_infer_request(request, deadline))
-            return encode_infer_response(response)
+            with self._shm.request() as regions:
+                response = await self._engine.infer(
+                    decode_infer_request(request, deadline, regions)
+                )
+                return encode_infer_response(response, regions)
         trace = self._tracing.start_request(
             context.invocation_metadata(), request.model_name, request.model_version, request.id
         )
         encode_start_ns: int | None = None
         error: BaseException | None = None
         try:
-            engine_request = decode_infer_request(request, deadline)
-            engine_request.trace = trace
-            response = await self._engine.infer(engine_request)
-            encode_start_ns = time.perf_counter_ns()
-            return encode_infer_response(response)
+            with self._shm.request() as regions:
+                engine_request = decode_infer_request(request, deadline, regions)
+                engine_request.trace = trace
+                response = await self._engine.infer(engine_request)
+                encode_start_ns = time.perf_counter_ns()
+                return encode_infer_response(response, regions)
         except BaseException as exc:
             error = exc
             raise
@@ -173,7 +187,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         request_iterator: AsyncIterator[pb.ModelInferRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        call = StreamCall(self._engine, self._model, context, self._tracing)
+        call = StreamCall(self._engine, self._model, context, self._tracing, self._shm)
         async for response in call.responses(request_iterator):
             yield response
 
@@ -207,6 +221,59 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             response.settings[key].value.append(value)
         return response
 
+    @maps_engine_errors
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        self._shm.register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @maps_engine_errors
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        response = pb.SystemSharedMemoryStatusResponse()
+        for region in self._shm.status(request.name):
+            status = response.regions[region.name]
+            status.name, status.key = region.name, region.key
+            status.offset, status.byte_size = region.offset, region.byte_size
+        return response
+
+    @maps_engine_errors
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        self._shm.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    @maps_engine_errors
+    async def CudaSharedMemoryStatus(
+        self, request: pb.CudaSharedMemoryStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CudaSharedMemoryStatusResponse:
+        if request.name:  # none is ever registered
+            raise EngineError(
+                ErrorCode.NOT_FOUND,
+                f"Unable to find cuda shared memory region: '{request.name}'",
+            )
+        return pb.CudaSharedMemoryStatusResponse()
+
+    @maps_engine_errors
+    async def CudaSharedMemoryRegister(
+        self, request: pb.CudaSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CudaSharedMemoryRegisterResponse:
+        raise EngineError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"failed to register CUDA shared memory region: '{request.name}', GPUs not "
+            "supported: inferd does not support CUDA shared memory yet (use system shared "
+            "memory, --allow-client-shm)",
+        )
+
+    @maps_engine_errors
+    async def CudaSharedMemoryUnregister(
+        self, request: pb.CudaSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CudaSharedMemoryUnregisterResponse:
+        return pb.CudaSharedMemoryUnregisterResponse()  # none is ever registered
+
 
 def _unimplemented(rpc: str, where: str) -> object:
     message = f"inferd does not implement {rpc} yet ({where})"
@@ -223,12 +290,6 @@ def _unimplemented(rpc: str, where: str) -> object:
 for _rpc, _where in (
     ("RepositoryModelLoad", "model control is planned"),
     ("RepositoryModelUnload", "model control is planned"),
-    ("SystemSharedMemoryStatus", "shared memory is planned"),
-    ("SystemSharedMemoryRegister", "shared memory is planned"),
-    ("SystemSharedMemoryUnregister", "shared memory is planned"),
-    ("CudaSharedMemoryStatus", "CUDA shared memory is planned"),
-    ("CudaSharedMemoryRegister", "CUDA shared memory is planned"),
-    ("CudaSharedMemoryUnregister", "CUDA shared memory is planned"),
     ("LogSettings", "log settings are planned"),
 ):
     setattr(InferenceServicer, _rpc, _unimplemented(_rpc, _where))

@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -25,6 +26,7 @@ import grpc
 from inferd.engines import EngineClient, EngineError, ErrorCode, ErrorResponse, InferResponse
 from inferd.protos import grpc_service_pb2 as pb
 from inferd.server.codec import decode_infer_request, encode_infer_response
+from inferd.server.shared_memory import RequestRegions, SystemSharedMemoryRegistry
 from inferd.server.status import STATUS_BY_ERROR_CODE
 
 if TYPE_CHECKING:
@@ -62,8 +64,10 @@ def _error_response(
     return pb.ModelStreamInferResponse(error_message=message, infer_response=response)
 
 
-def _stream_response(response: InferResponse) -> pb.ModelStreamInferResponse:
-    message = encode_infer_response(response)
+def _stream_response(
+    response: InferResponse, regions: RequestRegions
+) -> pb.ModelStreamInferResponse:
+    message = encode_infer_response(response, regions)
     message.parameters[FINAL_RESPONSE].bool_param = response.final
     return pb.ModelStreamInferResponse(infer_response=message)
 
@@ -77,8 +81,10 @@ class StreamCall:
         check_model: Callable[[str, str], object],
         context: grpc.aio.ServicerContext,
         tracing: Tracing | None,
+        shared_memory: SystemSharedMemoryRegistry | None = None,
     ) -> None:
         self._engine = engine
+        self._shm = shared_memory or SystemSharedMemoryRegistry(enabled=False)
         self._check_model = check_model
         self._context = context
         self._tracing = tracing
@@ -119,8 +125,10 @@ class StreamCall:
 
     async def _serve(self, request: pb.ModelInferRequest) -> None:
         try:
-            async for message in self._answer(request):
-                await self._outgoing.put(message)
+            # Closed at once when writing is cancelled, so its shared memory is released.
+            async with aclosing(self._answer(request)) as answers:
+                async for message in answers:
+                    await self._outgoing.put(message)
         except EngineError as exc:
             await self._fail(request, exc.code, exc.message)
         except asyncio.CancelledError:
@@ -139,10 +147,19 @@ class StreamCall:
 
     async def _answer(
         self, request: pb.ModelInferRequest
-    ) -> AsyncIterator[pb.ModelStreamInferResponse | _Abort]:
+    ) -> AsyncGenerator[pb.ModelStreamInferResponse | _Abort]:
         # Unknown model or version before anything about the tensors, as in ModelInfer.
         self._check_model(request.model_name, request.model_version)
-        engine_request = decode_infer_request(request, deadline=None)
+        # Each response of a decoupled model writes its outputs into the same regions.
+        with self._shm.request() as regions:
+            async with aclosing(self._answer_with(request, regions)) as answers:
+                async for message in answers:
+                    yield message
+
+    async def _answer_with(
+        self, request: pb.ModelInferRequest, regions: RequestRegions
+    ) -> AsyncGenerator[pb.ModelStreamInferResponse | _Abort]:
+        engine_request = decode_infer_request(request, None, regions)
         empty_final = engine_request.parameters.get(EMPTY_FINAL_RESPONSE) is True
         trace = None
         if self._tracing is not None:
@@ -162,7 +179,7 @@ class StreamCall:
                         return
                     yield _error_response(request, item.error.message, item.final)
                 elif item.outputs or not item.final or empty_final:
-                    yield _stream_response(item)
+                    yield _stream_response(item, regions)
         except BaseException as exc:
             error = exc
             raise

@@ -512,8 +512,6 @@ def test_keepalive_pings_without_calls_are_not_punished(demo_server: ServerProce
 UNARY_UNIMPLEMENTED = {
     "RepositoryModelLoad": pb.RepositoryModelLoadRequest(model_name="simple"),
     "RepositoryModelUnload": pb.RepositoryModelUnloadRequest(model_name="simple"),
-    "SystemSharedMemoryStatus": pb.SystemSharedMemoryStatusRequest(),
-    "CudaSharedMemoryStatus": pb.CudaSharedMemoryStatusRequest(),
     "LogSettings": pb.LogSettingsRequest(),
 }
 

@@ -1,0 +1,353 @@
+"""Triton's system shared memory: clients register POSIX shared memory objects as named
+regions, then requests read inputs from them and write outputs into them.
+
+Hardened against the client that owns the object, which may be hostile or merely buggy:
+
+- Regions are read and written with ``os.pread``/``os.pwrite`` on a kept descriptor, never
+  mapped: a client that shrinks or removes its object makes a read come up short (an
+  error for that request) instead of a SIGBUS that kills the server.
+- The object's size is checked (``os.fstat``) on every use, and every bound is checked
+  in Python integers, so offsets and sizes near 2**63 or below zero cannot wrap.
+- Keys must look like POSIX shm names (``/name``) and are opened under ``/dev/shm`` with
+  ``O_NOFOLLOW``, regular files only, so a key cannot reach another file.
+- After registration, errors name the region, never its key.
+- A region in use by a request stays open until that request is done, even when it is
+  unregistered meanwhile; every descriptor is closed on unregister and at shutdown.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from inferd.engines import EngineError, ErrorCode
+
+MAX_REGIONS = 1024
+MAX_NAME_LENGTH = 1024
+RESERVED_PREFIX = "inferd_"  # kept for inferd's own objects (a future multi-process engine)
+SHM_DIRECTORY = "/dev/shm"
+_NAME_MAX = 255  # a file name's limit, which a POSIX shm name is
+_IO_CHUNK = 1 << 30  # Linux moves at most ~2 GiB per read/write call
+_TURN_ON = "start inferd with --allow-client-shm to use system shared memory"
+
+
+def _invalid(message: str) -> EngineError:
+    return EngineError(ErrorCode.INVALID_ARGUMENT, message)
+
+
+@dataclass(frozen=True, slots=True)
+class RegionStatus:
+    name: str
+    key: str
+    offset: int
+    byte_size: int
+
+
+@dataclass(slots=True)
+class _Region:
+    name: str
+    key: str
+    offset: int  # of the region within the object
+    byte_size: int
+    fd: int
+    users: int = 0
+    unregistered: bool = False  # close the descriptor when the last user is done
+
+
+@dataclass(frozen=True, slots=True)
+class RegionSlice:
+    """``byte_size`` bytes at ``offset`` within a region, held open while a request uses it."""
+
+    region: _Region
+    offset: int  # within the region
+    byte_size: int
+
+    def _check_object(self) -> int:
+        """Where the slice starts in the object, once the object is still big enough."""
+        region = self.region
+        try:
+            size = os.fstat(region.fd).st_size
+        except OSError as exc:
+            raise _invalid(f"shared memory region '{region.name}' cannot be used: {exc}") from None
+        if region.offset + region.byte_size > size:
+            raise _invalid(
+                f"shared memory region '{region.name}' was truncated by its owner: it was "
+                f"registered as {region.byte_size} bytes at offset {region.offset}, but the "
+                f"object now holds {size} bytes"
+            )
+        return region.offset + self.offset
+
+    def read(self) -> bytes:
+        start = self._check_object()
+        chunks: list[bytes] = []
+        done = 0
+        while done < self.byte_size:
+            chunk = os.pread(self.region.fd, min(self.byte_size - done, _IO_CHUNK), start + done)
+            if not chunk:  # shrunk between the size check and the read
+                raise _invalid(
+                    f"shared memory region '{self.region.name}' was truncated by its owner "
+                    "while it was read"
+                )
+            chunks.append(chunk)
+            done += len(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def write(self, data: bytes | memoryview) -> None:
+        if len(data) > self.byte_size:
+            raise ValueError("the caller checks the size first")
+        start = self._check_object()
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            done += os.pwrite(self.region.fd, view[done : done + _IO_CHUNK], start + done)
+
+
+class SystemSharedMemoryRegistry:
+    """The registered regions, by name; thread-safe. ``enabled=False``: refuses them all."""
+
+    def __init__(
+        self,
+        enabled: bool,
+        max_regions: int = MAX_REGIONS,
+        directory: str = SHM_DIRECTORY,
+        max_request_bytes: int = 2**31 - 1,
+    ) -> None:
+        self.enabled = enabled
+        self._max_regions = max_regions
+        # What one request may read, as gRPC bounds what it may carry: a sparse object
+        # can claim far more bytes than the machine has.
+        self.max_request_bytes = max_request_bytes
+        self._directory = directory
+        self._regions: dict[str, _Region] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        if not self.enabled:
+            raise EngineError(
+                ErrorCode.UNAVAILABLE,
+                f"system shared memory is off on this server: {_TURN_ON} (only where the "
+                "clients are trusted to share this machine's /dev/shm)",
+            )
+        _check_name(name)
+        _check_key(name, key)
+        with self._lock:
+            self._check_free(name)
+        fd = self._open(key)
+        try:
+            size = os.fstat(fd).st_size
+            if byte_size <= 0 or offset + byte_size > size:
+                raise _invalid(
+                    f"failed to register shared memory region '{name}': invalid args (offset "
+                    f"{offset} + byte_size {byte_size} must be within the object's {size} "
+                    "bytes, and byte_size > 0)"
+                )
+            with self._lock:
+                self._check_free(name)
+                self._regions[name] = _Region(name, key, offset, byte_size, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _check_free(self, name: str) -> None:
+        if self._closed:
+            raise EngineError(ErrorCode.UNAVAILABLE, "the server is shutting down")
+        if name in self._regions:
+            raise EngineError(
+                ErrorCode.ALREADY_EXISTS, f"shared memory region '{name}' already in manager"
+            )
+        if len(self._regions) >= self._max_regions:
+            raise EngineError(
+                ErrorCode.UNAVAILABLE,
+                f"failed to register shared memory region '{name}': this server holds "
+                f"{self._max_regions} regions already, its limit; unregister some first",
+            )
+
+    def _open(self, key: str) -> int:
+        path = os.path.join(self._directory, key[1:])
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError as exc:
+            reason = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+            raise _invalid(f"Unable to open shared memory region: '{key}' ({reason})") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise _invalid(
+                f"Unable to open shared memory region: '{key}' (not a shared memory object)"
+            )
+        return fd
+
+    def status(self, name: str) -> list[RegionStatus]:
+        with self._lock:
+            if not name:
+                regions = list(self._regions.values())
+            elif name in self._regions:
+                regions = [self._regions[name]]
+            else:
+                raise EngineError(
+                    ErrorCode.NOT_FOUND, f"Unable to find system shared memory region: '{name}'"
+                )
+        return [
+            RegionStatus(region.name, region.key, region.offset, region.byte_size)
+            for region in regions
+        ]
+
+    def unregister(self, name: str) -> None:
+        """Forget one region (an unknown name is not an error, as in Triton) or, with an
+        empty name, all; a region still in use closes when its last request is done."""
+        with self._lock:
+            if name:
+                region = self._regions.pop(name, None)
+                regions = [region] if region is not None else []
+            else:
+                regions = list(self._regions.values())
+                self._regions.clear()
+            for region in regions:
+                region.unregistered = True
+                if region.users == 0:
+                    os.close(region.fd)
+
+    def close(self) -> None:
+        """Shutdown: close every idle region's descriptor now and any still in use when
+        its request ends; registering is refused from now on."""
+        with self._lock:
+            self._closed = True
+            regions = list(self._regions.values())
+            self._regions.clear()
+            for region in regions:
+                region.unregistered = True
+                if region.users == 0:
+                    os.close(region.fd)
+
+    def _acquire(self, name: str, offset: int, byte_size: int, what: str) -> RegionSlice:
+        if not self.enabled:
+            raise _invalid(f"{what} names shared memory region '{name}', but {_TURN_ON}")
+        with self._lock:
+            region = self._regions.get(name)
+            if region is None:
+                raise EngineError(
+                    ErrorCode.NOT_FOUND, f"Unable to find shared memory region: '{name}'"
+                )
+            if offset < 0 or offset >= region.byte_size:
+                raise _invalid(
+                    f"Invalid offset for shared memory region: '{name}' ({what}: offset "
+                    f"{offset}, region of {region.byte_size} bytes)"
+                )
+            if byte_size < 0:
+                raise _invalid(
+                    f"Invalid byte size for shared memory region: '{name}' ({what}: "
+                    f"{byte_size}, expected >= 0)"
+                )
+            if offset + byte_size > region.byte_size:
+                raise _invalid(
+                    f"Invalid offset + byte size for shared memory region: '{name}' ({what}: "
+                    f"{offset} + {byte_size} > {region.byte_size} bytes)"
+                )
+            region.users += 1
+        return RegionSlice(region, offset, byte_size)
+
+    def _release(self, piece: RegionSlice) -> None:
+        with self._lock:
+            region = piece.region
+            region.users -= 1
+            if region.users == 0 and region.unregistered:
+                os.close(region.fd)
+
+    @contextmanager
+    def request(self) -> Iterator[RequestRegions]:
+        """The regions one request reads and writes, released when it is done."""
+        regions = RequestRegions(self)
+        try:
+            yield regions
+        finally:
+            regions.release()
+
+
+@dataclass(slots=True)
+class RequestRegions:
+    """One request's use of shared memory: inputs read at decode time, output slices held
+    until the response is written."""
+
+    registry: SystemSharedMemoryRegistry
+    outputs: dict[str, RegionSlice] = field(default_factory=dict)
+    bytes_read: int = 0
+
+    def read_input(self, name: str, offset: int, byte_size: int, what: str) -> bytes:
+        piece = self.registry._acquire(name, offset, byte_size, what)
+        self.bytes_read += byte_size
+        if self.bytes_read > self.registry.max_request_bytes:
+            self.registry._release(piece)
+            raise _invalid(
+                f"{what}: the request's inputs in shared memory add up to {self.bytes_read} "
+                f"bytes, more than the {self.registry.max_request_bytes} bytes this server "
+                "reads for one request (--max-message-size)"
+            )
+        try:
+            return piece.read()
+        finally:
+            self.registry._release(piece)
+
+    def bind_output(self, output: str, name: str, offset: int, byte_size: int, what: str) -> None:
+        previous = self.outputs.pop(output, None)
+        if previous is not None:
+            self.registry._release(previous)
+        self.outputs[output] = self.registry._acquire(name, offset, byte_size, what)
+
+    def write_output(self, output: str, data: bytes, model: str) -> bool:
+        """Write an output bound to a region; False when it is not bound (goes inline)."""
+        piece = self.outputs.get(output)
+        if piece is None:
+            return False
+        if len(data) > piece.byte_size:
+            raise _invalid(
+                f"shared memory size specified with the request for output '{output}' "
+                f"({piece.byte_size} bytes) should be at least {len(data)} bytes to hold the "
+                f"results (model '{model}')"
+            )
+        piece.write(data)
+        return True
+
+    def release(self) -> None:
+        pieces = list(self.outputs.values())
+        self.outputs.clear()
+        for piece in pieces:
+            self.registry._release(piece)
+
+
+def _check_name(name: str) -> None:
+    if not name:
+        raise _invalid("a shared memory region needs a name")
+    if len(name) > MAX_NAME_LENGTH:
+        raise _invalid(f"shared memory region names are at most {MAX_NAME_LENGTH} characters")
+    if name.startswith(RESERVED_PREFIX):
+        raise _invalid(
+            f"failed to register shared memory region '{name}': names starting with "
+            f"'{RESERVED_PREFIX}' are reserved for inferd"
+        )
+
+
+def _check_key(name: str, key: str) -> None:
+    body = key[1:]
+    if (
+        not key.startswith("/")
+        or not body
+        or "/" in body
+        or "\0" in body
+        or body in (".", "..")
+        or len(body.encode()) > _NAME_MAX
+    ):
+        raise _invalid(
+            f"failed to register shared memory region '{name}': invalid key '{key[:300]}' "
+            f"(expected a POSIX shared memory name: '/' then 1 to {_NAME_MAX} bytes "
+            "without '/')"
+        )
+    if body.startswith(RESERVED_PREFIX):
+        raise _invalid(
+            f"failed to register shared memory region '{name}': keys starting with "
+            f"'/{RESERVED_PREFIX}' are reserved for inferd"
+        )
