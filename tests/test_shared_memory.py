@@ -7,6 +7,7 @@ Hostile cases each check the status, the message and that the server still serve
 from __future__ import annotations
 
 import os
+import queue
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -594,14 +595,9 @@ def test_unregister_closes_the_servers_descriptor(
     registered: tuple[Any, str],
 ) -> None:
     _, key = registered
-
-    def open_on_key() -> int:
-        fds = Path(f"/proc/{shm_server.process.pid}/fd")
-        return sum(1 for fd in fds.iterdir() if _readlink(fd) == "/dev/shm/" + key[1:])
-
-    assert open_on_key() == 1
+    assert _descriptors_on(shm_server, key) == 1
     client.unregister_system_shared_memory("r")
-    assert open_on_key() == 0
+    assert _descriptors_on(shm_server, key) == 0
 
 
 def _readlink(path: Path) -> str:
@@ -609,6 +605,57 @@ def _readlink(path: Path) -> str:
         return os.readlink(path)
     except OSError:
         return ""
+
+
+def test_unregistering_a_region_in_use_waits_for_its_request(
+    shm_server: ServerProcess,
+    client: tritongrpc.InferenceServerClient,
+    regions: Callable[[int], tuple[Any, str]],
+) -> None:
+    """A decoupled request keeps writing its region after it is unregistered; the server's
+    descriptor closes when that request is done."""
+    handle, key = regions(4)
+    client.register_system_shared_memory("dec_out", key, 4)
+    arrays = {
+        "IN": np.array([7, 8], dtype=np.int32),
+        "DELAY": np.array([0, 2000], dtype=np.uint32),  # holds the request past unregister
+        "WAIT": np.array([0], dtype=np.uint32),
+    }
+    inputs = []
+    for name, array in arrays.items():
+        tensor = tritongrpc.InferInput(
+            name, list(array.shape), "INT32" if name == "IN" else "UINT32"
+        )
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    output = tritongrpc.InferRequestedOutput("OUT")
+    output.set_shared_memory("dec_out", 4)
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        outputs = [output, tritongrpc.InferRequestedOutput("IDX")]
+        client.async_stream_infer("repeat_int32", inputs, outputs=outputs, request_id="d")
+        result, error = answers.get(timeout=TIMEOUT_S)
+        assert error is None
+        assert result.as_numpy("IDX").tolist() == [0]  # inline, beside OUT's empty buffer
+        assert shm.get_contents_as_numpy(handle, np.int32, [1]).tolist() == [7]
+
+        client.unregister_system_shared_memory("dec_out")
+        assert not client.get_system_shared_memory_status().regions
+        assert _descriptors_on(shm_server, key) == 1  # still in use
+
+        result, error = answers.get(timeout=TIMEOUT_S)
+        assert error is None
+        assert result.as_numpy("IDX").tolist() == [1]
+        assert shm.get_contents_as_numpy(handle, np.int32, [1]).tolist() == [8]
+    finally:
+        client.stop_stream()  # returns once the server has ended the call
+    assert _descriptors_on(shm_server, key) == 0
+
+
+def _descriptors_on(server: ServerProcess, key: str) -> int:
+    fds = Path(f"/proc/{server.process.pid}/fd")
+    return sum(1 for fd in fds.iterdir() if _readlink(fd) == "/dev/shm/" + key[1:])
 
 
 # --- the registry directly -----------------------------------------------------------------
