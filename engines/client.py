@@ -19,6 +19,7 @@ from inferd.engines.types import (
     InferResponse,
     ModelIndexEntry,
 )
+from inferd.protos import model_config_pb2
 
 
 class EngineClient(Protocol):
@@ -43,6 +44,21 @@ class EngineClient(Protocol):
         set; a decoupled model may send many, and errors (ErrorResponse items). Errors
         before the model ran are raised. Closing the iterator early aborts the request."""
 
+    async def load_model(
+        self,
+        name: str,
+        directory: Path,
+        config: model_config_pb2.ModelConfig | None = None,
+        cleanup: Path | None = None,
+    ) -> None:
+        """Load or reload one model from ``directory``; the old versions serve until the
+        new ones are ready, then drain. ``config`` replaces its config.pbtxt;
+        ``cleanup`` is a private directory removed with the model. Raises EngineError
+        when a version fails (whatever served before still serves)."""
+
+    async def unload_model(self, name: str) -> None:
+        """Stop serving the model; returns once its requests finished and it is released."""
+
     async def close(self) -> None:
         """Finish queued work and release every model."""
 
@@ -50,12 +66,21 @@ class EngineClient(Protocol):
 class InProcessEngineClient:
     """The engine in this process; model work runs on its instance threads, off the loop."""
 
-    def __init__(self, repository: Path, observer: BatchObserver | None = None) -> None:
+    def __init__(
+        self,
+        repository: Path,
+        observer: BatchObserver | None = None,
+        startup_models: tuple[str, ...] | None = None,
+    ) -> None:
         self._engine = Engine(repository, observer)
+        self._startup_models = startup_models  # None: every model in the repository
         self._ready = False
 
     async def start(self) -> None:
-        await asyncio.to_thread(self._engine.load_all)
+        if self._startup_models is None:
+            await asyncio.to_thread(self._engine.load_all)
+        else:
+            await asyncio.to_thread(self._engine.load_named, self._startup_models)
         self._ready = True
 
     def is_ready(self) -> bool:
@@ -75,6 +100,18 @@ class InProcessEngineClient:
 
     def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse | ErrorResponse]:
         return self._engine.infer_stream(request)
+
+    async def load_model(
+        self,
+        name: str,
+        directory: Path,
+        config: model_config_pb2.ModelConfig | None = None,
+        cleanup: Path | None = None,
+    ) -> None:
+        await asyncio.to_thread(self._engine.load, name, directory, config, cleanup)
+
+    async def unload_model(self, name: str) -> None:
+        await asyncio.to_thread(self._engine.unload, name)
 
     async def close(self) -> None:
         self._ready = False

@@ -72,6 +72,9 @@ class ModelVersion:
         self.executor = executor
         self._labels = dict(labels or {})  # output name -> class labels (label_filename)
         self.decoupled = config.model_transaction_policy.decoupled
+        # Requests that looked this version up and have not finished (the engine counts
+        # them under its lock): a replaced version drains to zero before it closes.
+        self.users = 0
 
     async def infer(self, request: InferRequest) -> InferResponse:
         """One request, one response. Decoupled models answer through ``infer_stream``."""

@@ -144,11 +144,21 @@ def _load_version(
     return ModelVersion(config, version, executor, statistics, labels)
 
 
-def load_model(model_dir: Path, observer: BatchObserver | None = None) -> LoadedModel:
-    """Read, complete and validate one model's config, then load the versions it selects."""
+def load_model(
+    model_dir: Path,
+    observer: BatchObserver | None = None,
+    config_override: model_config_pb2.ModelConfig | None = None,
+) -> LoadedModel:
+    """Read, complete and validate one model's config, then load the versions it selects.
+
+    ``config_override`` replaces ``config.pbtxt`` (model control's ``config`` load
+    parameter), as Triton does; the directory still names the model."""
     loaded = LoadedModel(model_dir.name)
     try:
-        config = read_config(model_dir)
+        if config_override is None:
+            config = read_config(model_dir)
+        else:
+            config = _overridden_config(config_override, model_dir.name)
         available = version_directories(model_dir)
         if not available:
             raise EngineError(
@@ -185,6 +195,22 @@ def load_model(model_dir: Path, observer: BatchObserver | None = None) -> Loaded
     return loaded
 
 
+def _overridden_config(
+    override: model_config_pb2.ModelConfig, name: str
+) -> model_config_pb2.ModelConfig:
+    config = model_config_pb2.ModelConfig()
+    config.CopyFrom(override)  # completion fills the config in: leave the caller's alone
+    if not config.name:
+        config.name = name
+    elif config.name != name:
+        raise EngineError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"unexpected directory name '{name}' for model '{config.name}', directory name "
+            "must equal model name",
+        )
+    return config
+
+
 # Triton prefixes a load failure's reason with its status in words.
 _REASON_PREFIX = {
     ErrorCode.INVALID_ARGUMENT: "Invalid argument",
@@ -210,3 +236,20 @@ def model_directories(repository: Path) -> list[Path]:
         ),
         key=lambda path: path.name,
     )
+
+
+def directory_stamp(model_dir: Path) -> int:
+    """A fingerprint of a model directory's tree (names, sizes, modification times):
+    it changes when any file or version directory is added, removed or rewritten, so
+    polling and repeated loads can tell an unchanged model from a changed one."""
+    entries = []
+    for root, directories, files in os.walk(model_dir):
+        directories.sort()
+        for name in sorted([*directories, *files]):
+            path = os.path.join(root, name)
+            try:
+                status = os.stat(path, follow_symlinks=False)
+            except OSError:  # removed while walking: the next look sees the change
+                continue
+            entries.append((os.path.relpath(path, model_dir), status.st_mtime_ns, status.st_size))
+    return hash(tuple(entries))

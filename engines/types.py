@@ -88,6 +88,9 @@ class ModelState(enum.Enum):
     READY = "READY"
     UNLOADING = "UNLOADING"
     UNAVAILABLE = "UNAVAILABLE"
+    # A model directory that was never loaded: Triton lists only its name (no version,
+    # state or reason).
+    NOT_LOADED = ""
 
 
 @dataclass(frozen=True, slots=True)

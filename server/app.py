@@ -18,11 +18,18 @@ from typing import TYPE_CHECKING
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from inferd.engines import EngineClient, EngineError, ErrorCode, InProcessEngineClient
+from inferd.engines import (
+    EngineClient,
+    EngineError,
+    ErrorCode,
+    InProcessEngineClient,
+    ModelState,
+)
 from inferd.protos import grpc_service_pb2_grpc
 from inferd.server.config import ServerConfig
 from inferd.server.health import HealthServicer
 from inferd.server.metrics import MetricsServer
+from inferd.server.model_control import ModelControl, ModelControlMode, startup_models
 from inferd.server.reflection import INFERENCE_SERVICE, enable_reflection
 from inferd.server.servicer import InferenceServicer
 from inferd.server.shared_memory import SystemSharedMemoryRegistry
@@ -102,6 +109,7 @@ class InferenceServer:
         self._server: grpc.aio.Server | None = None
         self._health = HealthServicer()
         self._servicer: InferenceServicer | None = None
+        self._control: ModelControl | None = None
         self._shared_memory = SystemSharedMemoryRegistry(
             enabled=config.allow_client_shm, max_request_bytes=config.max_message_bytes
         )
@@ -114,9 +122,18 @@ class InferenceServer:
     async def start(self) -> None:
         if self._tracing is None:
             self._tracing = _tracing(self.config)
+        mode = ModelControlMode(self.config.model_control_mode)
+        startup = startup_models(mode, self.config.load_models)  # bad flags: before binding
+        repository = self.config.model_repository
         if self._engine is None:
-            self._engine = InProcessEngineClient(_repository(self.config), self._tracing)
-        self._servicer = InferenceServicer(self._engine, self._tracing, self._shared_memory)
+            repository = _repository(self.config)
+            self._engine = InProcessEngineClient(repository, self._tracing, startup)
+        self._control = ModelControl(
+            self._engine, repository, mode, self.config.repository_poll_secs
+        )
+        self._servicer = InferenceServicer(
+            self._engine, self._tracing, self._shared_memory, model_control=self._control
+        )
         server = grpc.aio.server(
             options=_grpc_options(self.config),
             maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
@@ -130,7 +147,9 @@ class InferenceServer:
         await server.start()
         self._server = server
         logger.info("listening on %s", ", ".join(self.addresses))
+        await self._control.start()
         await self._engine.start()
+        self._control.start_polling()
         if self.config.metrics_port is not None:
             engine = self._engine
             self._metrics = MetricsServer(
@@ -140,10 +159,10 @@ class InferenceServer:
             logger.info("metrics on http://%s:%d/metrics", self.config.host, self.metrics_port)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         index = self._engine.repository_index(ready_only=False)
-        failed = [entry for entry in index if entry.state.value != "READY"]
+        failed = [entry for entry in index if entry.state is ModelState.UNAVAILABLE]
         logger.info(
             "ready: %d model version(s) serving, %d failed to load",
-            len(index) - len(failed),
+            sum(entry.state is ModelState.READY for entry in index),
             len(failed),
         )
 
@@ -168,6 +187,8 @@ class InferenceServer:
 
     async def stop(self) -> None:
         """Drain: not ready, no new RPCs, in-flight ones get the grace period, then stop."""
+        if self._control is not None:
+            await self._control.stop()  # no repository polling while draining
         if self._servicer is not None:
             self._servicer.stop_serving()
         await self._health.drain()

@@ -31,6 +31,30 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         help="<DIR>/<model>/config.pbtxt and <DIR>/<model>/<version>/model.onnx "
         "(default: the bundled demo repository)",
     )
+    serve.add_argument(
+        "--model-control-mode",
+        choices=["none", "explicit", "poll"],
+        default=_DEFAULTS.model_control_mode,
+        help="none: load every model at start, no changes later; explicit: load the "
+        "--load-model models at start, then clients load and unload models "
+        "(RepositoryModelLoad/Unload); poll: load every model, then follow the repository "
+        "(new, removed and changed models and versions) every --repository-poll-secs "
+        "(%(default)s)",
+    )
+    serve.add_argument(
+        "--load-model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="explicit mode: load this model at start; repeat for more; '*' loads them all",
+    )
+    serve.add_argument(
+        "--repository-poll-secs",
+        type=float,
+        default=_DEFAULTS.repository_poll_secs,
+        metavar="SECONDS",
+        help="poll mode: how often to look for repository changes (%(default)s)",
+    )
     serve.add_argument("--host", default=_DEFAULTS.host, help="TCP address to bind (%(default)s)")
     serve.add_argument(
         "--grpc-port",
@@ -121,6 +145,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = ServerConfig(
         model_repository=args.model_repository,
+        model_control_mode=args.model_control_mode,
+        load_models=tuple(args.load_model),
+        repository_poll_secs=args.repository_poll_secs,
         host=args.host,
         grpc_port=None if args.grpc_port < 0 else args.grpc_port,
         unix_socket=args.unix_socket,

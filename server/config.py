@@ -14,6 +14,11 @@ DEFAULT_MAX_MESSAGE_BYTES = 2**31 - 1
 @dataclass(slots=True)
 class ServerConfig:
     model_repository: Path | None = None  # None: the bundled demo repository
+    # Triton's model control: none (load everything at start), explicit (load_models at
+    # start, then the load/unload RPCs) or poll (follow the repository's changes).
+    model_control_mode: str = "none"
+    load_models: tuple[str, ...] = ()  # explicit mode's startup models; ("*",): all
+    repository_poll_secs: float = 15.0  # poll mode's period
     host: str = "127.0.0.1"
     grpc_port: int | None = 8001  # None: no TCP listener (Unix socket only); 0: any free port
     unix_socket: Path | None = None  # for sidecars: unix:<path>

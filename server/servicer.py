@@ -14,6 +14,7 @@ from inferd.engines import EngineClient, EngineError, ErrorCode, ModelInfo, Tens
 from inferd.protos import grpc_service_pb2 as pb
 from inferd.protos import grpc_service_pb2_grpc as pb_grpc
 from inferd.server.codec import decode_infer_request, encode_infer_response, parse_version
+from inferd.server.model_control import ModelControl
 from inferd.server.shared_memory import SystemSharedMemoryRegistry
 from inferd.server.statistics_codec import encode_model_statistics
 from inferd.server.status import maps_engine_errors
@@ -59,9 +60,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         engine: EngineClient,
         tracing: Tracing | None = None,
         shared_memory: SystemSharedMemoryRegistry | None = None,
+        model_control: ModelControl | None = None,
     ) -> None:
         self._engine = engine
         self._tracing = tracing  # None: tracing off, and no tracing work at all
+        # RepositoryModelLoad/Unload; without one they are refused (mode "none").
+        self._model_control = model_control or ModelControl(engine, None)
         self._shm = shared_memory or SystemSharedMemoryRegistry(enabled=False)
         self._server_version = _version()
         self._serving = True
@@ -274,6 +278,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.CudaSharedMemoryUnregisterResponse:
         return pb.CudaSharedMemoryUnregisterResponse()  # none is ever registered
 
+    @maps_engine_errors
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
+        await self._model_control.load(request)
+        return pb.RepositoryModelLoadResponse()
+
+    @maps_engine_errors
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self._model_control.unload(request)
+        return pb.RepositoryModelUnloadResponse()
+
 
 def _unimplemented(rpc: str, where: str) -> object:
     message = f"inferd does not implement {rpc} yet ({where})"
@@ -287,9 +305,5 @@ def _unimplemented(rpc: str, where: str) -> object:
 
 # RPCs of the protocol that later work builds; each says so instead of grpc's bare
 # "Method not implemented!".
-for _rpc, _where in (
-    ("RepositoryModelLoad", "model control is planned"),
-    ("RepositoryModelUnload", "model control is planned"),
-    ("LogSettings", "log settings are planned"),
-):
+for _rpc, _where in (("LogSettings", "log settings are planned"),):
     setattr(InferenceServicer, _rpc, _unimplemented(_rpc, _where))

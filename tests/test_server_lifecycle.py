@@ -510,8 +510,6 @@ def test_keepalive_pings_without_calls_are_not_punished(demo_server: ServerProce
 
 
 UNARY_UNIMPLEMENTED = {
-    "RepositoryModelLoad": pb.RepositoryModelLoadRequest(model_name="simple"),
-    "RepositoryModelUnload": pb.RepositoryModelUnloadRequest(model_name="simple"),
     "LogSettings": pb.LogSettingsRequest(),
 }
 
@@ -556,8 +554,8 @@ def test_unimplemented_rpc_reaches_tritonclient_as_an_error(demo_server: ServerP
     client = triton.InferenceServerClient(demo_server.address)
     try:
         with pytest.raises(InferenceServerException) as failed:
-            client.load_model("simple")
+            client.get_log_settings()
     finally:
         client.close()
     assert "UNIMPLEMENTED" in str(failed.value.status())
-    assert "inferd does not implement RepositoryModelLoad yet" in failed.value.message()
+    assert "inferd does not implement LogSettings yet" in failed.value.message()

@@ -446,8 +446,10 @@ def _import_model(model_path: Path, model: str) -> tuple[str, type]:
 
 def _forget(package: str) -> None:
     """Drop an instance's modules (its model.py and sibling files) from sys.modules."""
-    for name in [name for name in sys.modules if name == package or name.startswith(package + ".")]:
-        del sys.modules[name]
+    # list() copies the keys at once: another thread's import (models load in
+    # parallel) would otherwise change sys.modules while it is being iterated.
+    for name in [name for name in list(sys.modules) if name.split(".")[0] == package]:
+        sys.modules.pop(name, None)
 
 
 def _initialize_args(
