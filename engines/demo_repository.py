@@ -24,7 +24,7 @@ __all__ = ["DEMO_REPOSITORY_VERSION", "build_demo_repository", "cached_demo_repo
 
 # Bump whenever any model or config below changes: cached repositories live in a directory
 # named after it, so a stale cache is never served.
-DEMO_REPOSITORY_VERSION = 2
+DEMO_REPOSITORY_VERSION = 3
 
 # Opset 17 and IR version 8 load in every onnxruntime >= 1.17 (inferd's floor).
 _OPSET = 17
@@ -37,6 +37,7 @@ _BATCH_DIM = "batch"
 _ONNX_TYPES: dict[str, int] = {
     "TYPE_INT8": TensorProto.INT8,
     "TYPE_INT32": TensorProto.INT32,
+    "TYPE_UINT64": TensorProto.UINT64,
     "TYPE_FP32": TensorProto.FLOAT,
     "TYPE_STRING": TensorProto.STRING,
 }
@@ -78,6 +79,10 @@ class DemoModel:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     body: Callable[[], GraphBody]
+    # Graph inputs the server fills in (sequence batching's control tensors): in the
+    # graph, not in the config's `input`; `extra_config` declares them.
+    controls: tuple[TensorSpec, ...] = ()
+    extra_config: str = ""
 
     def config_text(self) -> str:
         def tensors(specs: tuple[TensorSpec, ...]) -> str:
@@ -89,6 +94,7 @@ class DemoModel:
             f"max_batch_size: {self.max_batch_size}\n"
             f"input [\n{tensors(self.inputs)}\n]\n"
             f"output [\n{tensors(self.outputs)}\n]\n"
+            f"{self.extra_config}"
         )
 
     def onnx_bytes(self) -> bytes:
@@ -96,7 +102,7 @@ class DemoModel:
         graph = helper.make_graph(
             body.nodes,
             self.name,
-            [spec.value_info() for spec in self.inputs],
+            [spec.value_info() for spec in (*self.inputs, *self.controls)],
             [spec.value_info() for spec in self.outputs],
             initializer=body.initializers,
         )
@@ -207,6 +213,67 @@ def _cnn_classifier() -> GraphBody:
     return GraphBody(nodes=nodes, initializers=initializers)
 
 
+def _simple_sequence() -> GraphBody:
+    # OUTPUT = (INPUT + START) * READY
+    return GraphBody(
+        nodes=[
+            helper.make_node("Add", ["INPUT", "START"], ["started"]),
+            helper.make_node("Mul", ["started", "READY"], ["OUTPUT"]),
+        ],
+        initializers=[],
+    )
+
+
+def _simple_dyna_sequence() -> GraphBody:
+    # OUTPUT = (INPUT + START + END * CORRID) * READY, CORRID cast from uint64 to int32
+    return GraphBody(
+        nodes=[
+            helper.make_node("Cast", ["CORRID"], ["corrid_int"], to=TensorProto.INT32),
+            helper.make_node("Mul", ["END", "corrid_int"], ["end_corrid"]),
+            helper.make_node("Add", ["INPUT", "START"], ["started"]),
+            helper.make_node("Add", ["started", "end_corrid"], ["summed"]),
+            helper.make_node("Mul", ["summed", "READY"], ["OUTPUT"]),
+        ],
+        initializers=[],
+    )
+
+
+def _flag_control(name: str, kind: str) -> str:
+    return f'    {{ name: "{name}" control [ {{ kind: {kind} int32_false_true: [ 0, 1 ] }} ] }}'
+
+
+_SIMPLE_SEQUENCE_CONFIG = (
+    "sequence_batching {\n"
+    "  direct { }\n"
+    "  control_input [\n"
+    + ",\n".join(
+        [
+            _flag_control("START", "CONTROL_SEQUENCE_START"),
+            _flag_control("READY", "CONTROL_SEQUENCE_READY"),
+        ]
+    )
+    + "\n  ]\n}\n"
+)
+
+_SIMPLE_DYNA_SEQUENCE_CONFIG = (
+    "sequence_batching {\n"
+    "  max_sequence_idle_microseconds: 10000000\n"
+    "  oldest { max_candidate_sequences: 1024 max_queue_delay_microseconds: 10000 }\n"
+    "  control_input [\n"
+    + ",\n".join(
+        [
+            _flag_control("START", "CONTROL_SEQUENCE_START"),
+            _flag_control("END", "CONTROL_SEQUENCE_END"),
+            _flag_control("READY", "CONTROL_SEQUENCE_READY"),
+            '    { name: "CORRID" control [ { kind: CONTROL_SEQUENCE_CORRID '
+            "data_type: TYPE_UINT64 } ] }",
+        ]
+    )
+    + "\n  ]\n}\n"
+    "instance_group [ { kind: KIND_CPU count: 2 } ]\n"
+)
+
+
 def _pair(data_type: str, dims: tuple[int, ...], prefix: str) -> tuple[TensorSpec, ...]:
     return tuple(TensorSpec(f"{prefix}{i}", data_type, dims) for i in range(2))
 
@@ -254,12 +321,35 @@ DEMO_MODELS: tuple[DemoModel, ...] = (
         (TensorSpec("OUTPUT", "TYPE_FP32", (_CNN_CLASSES,)),),
         _cnn_classifier,
     ),
+    DemoModel(
+        "simple_sequence",
+        8,
+        (TensorSpec("INPUT", "TYPE_INT32", (1,)),),
+        (TensorSpec("OUTPUT", "TYPE_INT32", (1,)),),
+        _simple_sequence,
+        controls=(TensorSpec("START", "TYPE_INT32", (1,)), TensorSpec("READY", "TYPE_INT32", (1,))),
+        extra_config=_SIMPLE_SEQUENCE_CONFIG,
+    ),
+    DemoModel(
+        "simple_dyna_sequence",
+        8,
+        (TensorSpec("INPUT", "TYPE_INT32", (1,)),),
+        (TensorSpec("OUTPUT", "TYPE_INT32", (1,)),),
+        _simple_dyna_sequence,
+        controls=(
+            TensorSpec("START", "TYPE_INT32", (1,)),
+            TensorSpec("END", "TYPE_INT32", (1,)),
+            TensorSpec("READY", "TYPE_INT32", (1,)),
+            TensorSpec("CORRID", "TYPE_UINT64", (1,)),
+        ),
+        extra_config=_SIMPLE_DYNA_SEQUENCE_CONFIG,
+    ),
 )
 
 
 # Python-backend demo models ship as files (config.pbtxt, 1/model.py) beside this module.
 _PYTHON_MODELS_DIR = Path(__file__).parent / "demo_models"
-PYTHON_DEMO_MODELS = ("repeat_int32",)
+PYTHON_DEMO_MODELS = ("repeat_int32", "simple_string_dyna_sequence")
 
 
 def _write_models(root: Path) -> None:

@@ -177,7 +177,7 @@ class BatchingExecutor:
             pending.key = next(self._keys)
             pending.arrival = self._clock()
             try:
-                self._scheduler.add(pending)
+                self._queue(pending, parameters or {})
             except QueueFull:
                 self._statistics.record_failure(0, FailureReason.REJECTED)
                 raise
@@ -196,20 +196,39 @@ class BatchingExecutor:
                 stream,
             )
             self._jobs[pending.key] = job
-            self._changed.notify()
+            self._wake_instances()
             # Wake the timer only when this request expires before it was going to look:
             # most requests carry no deadline, and a wake-up per request costs throughput.
-            due = self._scheduler.next_expiry()
+            due = self._next_expiry()
             if due is not None and (self._timer_due is None or due < self._timer_due):
                 self._expiry_changed.notify()
         future.add_done_callback(lambda done: self._on_done(job, done))
         return await future
 
+    # Hooks where a scheduler other than the dynamic batcher plugs in (sequence_executor).
+
+    def _queue(self, pending: PendingRequest, parameters: Mapping[str, ParameterValue]) -> None:
+        """Add a request to the scheduler, under the lock; raise to refuse it."""
+        self._scheduler.add(pending)
+
+    def _unqueue(self, key: int) -> bool:
+        """Take a queued request out, under the lock; False when it is not queued."""
+        return self._scheduler.remove(key)
+
+    def _next_expiry(self) -> float | None:
+        return self._scheduler.next_expiry()
+
+    def _wake_instances(self) -> None:
+        self._changed.notify()
+
+    def _batch_ended(self, jobs: list[Job]) -> None:
+        """An instance has finished running ``jobs`` (execute returned)."""
+
     def _on_done(self, job: Job, future: asyncio.Future[Outputs]) -> None:
         if not future.cancelled():
             return
         with self._changed:
-            queued = self._scheduler.remove(job.pending.key)
+            queued = self._unqueue(job.pending.key)
             self._jobs.pop(job.pending.key, None)
             if queued:
                 self._statistics.request_dequeued()
@@ -230,7 +249,7 @@ class BatchingExecutor:
         with contextlib.suppress(RuntimeError):
             job.loop.call_soon_threadsafe(callback, *args)
 
-    def _next_batch(self) -> list[Job] | None:
+    def _next_batch(self, index: int) -> list[Job] | None:
         """Block until the scheduler hands this instance a batch; None when closing."""
         with self._changed:
             while not self._closed:
@@ -267,11 +286,12 @@ class BatchingExecutor:
         self._answer(job, reason.error())
 
     def _run_instance(self, index: int, instance: BackendInstance | RequestInstance) -> None:
-        while (jobs := self._next_batch()) is not None:
+        while (jobs := self._next_batch(index)) is not None:
             if isinstance(instance, RequestInstance):
                 self._execute_requests(index, instance, jobs)
             else:
                 self._execute(index, instance, jobs)
+            self._batch_ended(jobs)
         instance.close()
 
     def _execute_requests(self, index: int, instance: RequestInstance, jobs: list[Job]) -> None:
@@ -418,7 +438,7 @@ class BatchingExecutor:
             self._closed = True
             now_ns = time.perf_counter_ns()
             for job in self._jobs.values():
-                if self._scheduler.remove(job.pending.key):
+                if self._unqueue(job.pending.key):
                     self._statistics.request_dequeued()
                 self._statistics.record_failure(now_ns - job.queued_ns, FailureReason.OTHER)
                 self._answer(job, EngineError(ErrorCode.UNAVAILABLE, "server stopping"))

@@ -25,6 +25,8 @@ from inferd.engines.errors import EngineError, ErrorCode
 from inferd.engines.executor import BatchingExecutor
 from inferd.engines.model import ModelVersion
 from inferd.engines.scheduler import BatchingPolicy
+from inferd.engines.sequence import SequencePolicy
+from inferd.engines.sequence_executor import SequenceBatchingExecutor
 from inferd.engines.statistics import ModelStatistics
 from inferd.engines.types import BatchObserver, ModelIndexEntry, ModelState
 from inferd.engines.warmup import warm_up
@@ -132,15 +134,28 @@ def _load_version(
             instance.close()
         raise
     statistics = ModelStatistics(config.name, version, config.max_batch_size)
-    executor = BatchingExecutor(
-        f"{config.name}:{version}",
-        instances,
-        BatchingPolicy.from_config(config),
-        DEFAULT_QUEUE_CAPACITY,
-        statistics,
-        observer=observer,
-        devices=["cpu" if spec.kind == "CPU" else f"cuda:{spec.device or 0}" for spec in specs],
-    )
+    devices = ["cpu" if spec.kind == "CPU" else f"cuda:{spec.device or 0}" for spec in specs]
+    executor: BatchingExecutor
+    if config.HasField("sequence_batching"):
+        executor = SequenceBatchingExecutor(
+            f"{config.name}:{version}",
+            instances,
+            SequencePolicy.from_config(config, len(instances)),
+            DEFAULT_QUEUE_CAPACITY,
+            statistics,
+            observer=observer,
+            devices=devices,
+        )
+    else:
+        executor = BatchingExecutor(
+            f"{config.name}:{version}",
+            instances,
+            BatchingPolicy.from_config(config),
+            DEFAULT_QUEUE_CAPACITY,
+            statistics,
+            observer=observer,
+            devices=devices,
+        )
     return ModelVersion(config, version, executor, statistics, labels)
 
 

@@ -23,6 +23,9 @@ DEMO_MODELS = {
     "simple_int8",
     "simple_string",
     "repeat_int32",
+    "simple_sequence",
+    "simple_dyna_sequence",
+    "simple_string_dyna_sequence",
 }
 
 

@@ -33,7 +33,10 @@ EXPECTED_CONFIGS = {
     "simple_identity": (8, [("INPUT0", "TYPE_STRING", [-1])], [("OUTPUT0", "TYPE_STRING", [-1])]),
     "identity_fp32": (64, [("INPUT0", "TYPE_FP32", [-1])], [("OUTPUT0", "TYPE_FP32", [-1])]),
     "cnn_classifier": (64, [("INPUT", "TYPE_FP32", [3, 32, 32])], [("OUTPUT", "TYPE_FP32", [10])]),
+    "simple_sequence": (8, [("INPUT", "TYPE_INT32", [1])], [("OUTPUT", "TYPE_INT32", [1])]),
+    "simple_dyna_sequence": (8, [("INPUT", "TYPE_INT32", [1])], [("OUTPUT", "TYPE_INT32", [1])]),
 }
+PYTHON_MODELS = {"repeat_int32", "simple_string_dyna_sequence"}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +52,7 @@ def session(repository: Path, model: str) -> ort.InferenceSession:
 
 
 def test_layout_is_tritons(repository: Path) -> None:
-    python_models = {"repeat_int32"}
+    python_models = PYTHON_MODELS
     assert sorted(p.name for p in repository.iterdir()) == sorted(
         {*EXPECTED_CONFIGS, *python_models}
     )
@@ -89,7 +92,12 @@ def test_onnx_graph_matches_config(repository: Path, model: str) -> None:
     assert [(op.domain, op.version) for op in proto.opset_import] == [("", 17)]
 
     _, inputs, outputs = EXPECTED_CONFIGS[model]
-    for value, (name, _, dims) in zip(proto.graph.input, inputs, strict=True):
+    # Sequence control tensors follow the config's inputs: the server fills them in.
+    text = (repository / model / "config.pbtxt").read_text(encoding="utf-8")
+    config = text_format.Parse(text, model_config_pb2.ModelConfig())
+    controls = [control.name for control in config.sequence_batching.control_input]
+    assert [value.name for value in proto.graph.input[len(inputs) :]] == controls
+    for value, (name, _, dims) in zip(proto.graph.input[: len(inputs)], inputs, strict=True):
         shape = value.type.tensor_type.shape.dim
         assert value.name == name
         # A symbolic leading batch dimension, then the config's dims (-1 symbolic too).
@@ -146,6 +154,22 @@ def test_cnn_classifier_outputs_probabilities(repository: Path) -> None:
     np.testing.assert_array_equal(classifier.run(None, {"INPUT": images})[0], probabilities)
 
 
+def test_sequence_models_compute_their_formulas(repository: Path) -> None:
+    ones = np.ones((2, 1), np.int32)
+    start = np.array([[1], [0]], np.int32)
+    inputs = np.array([[5], [6]], np.int32)
+    (output,) = session(repository, "simple_sequence").run(
+        None, {"INPUT": inputs, "START": start, "READY": ones}
+    )
+    np.testing.assert_array_equal(output, [[6], [6]])  # (INPUT + START) * READY
+    end = np.array([[0], [1]], np.int32)
+    corrid = np.array([[7], [1000]], np.uint64)
+    (output,) = session(repository, "simple_dyna_sequence").run(
+        None, {"INPUT": inputs, "START": start, "END": end, "READY": ones, "CORRID": corrid}
+    )
+    np.testing.assert_array_equal(output, [[6], [1006]])  # (INPUT + START + END*CORRID) * READY
+
+
 def test_builds_are_byte_identical(repository: Path, tmp_path: Path) -> None:
     again = build_demo_repository(tmp_path / "again")
     for model in EXPECTED_CONFIGS:
@@ -187,7 +211,7 @@ def test_cached_repository_is_built_once(tmp_path: Path, monkeypatch: pytest.Mon
     assert len(built) == 1
     assert first.parent == tmp_path
     assert str(demo_repository.DEMO_REPOSITORY_VERSION) in first.name
-    assert sorted(p.name for p in first.iterdir()) == sorted({*EXPECTED_CONFIGS, "repeat_int32"})
+    assert sorted(p.name for p in first.iterdir()) == sorted({*EXPECTED_CONFIGS, *PYTHON_MODELS})
 
 
 def test_cache_falls_back_to_xdg_cache_home(

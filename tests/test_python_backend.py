@@ -675,6 +675,7 @@ class TritonPythonModel:
                 "parameters": json.loads(request.parameters()),
                 "timeout": request.timeout(),
                 "correlation_id": request.correlation_id(),
+                "flags": request.flags(),
                 "requested": request.requested_output_names(),
                 "shape": text.shape(),
                 "types": sorted({type(item).__name__ for item in text.as_numpy()}),
@@ -715,10 +716,39 @@ def test_bytes_tensors_request_metadata_and_sibling_imports(
         "parameters": {"flavour": "plain", "strict": True},  # priority/timeout are Triton's own
         "timeout": 5000,
         "correlation_id": 0,
+        "flags": 0,
         "requested": ["UPPER", "META"],
         "shape": [2],
         "types": ["bytes"],
     }
+
+
+@pytest.mark.parametrize(
+    ("parameters", "correlation_id", "flags"),
+    [
+        ({"sequence_id": 42, "sequence_start": True}, 42, 1),
+        ({"sequence_id": "s-1", "sequence_end": True}, "s-1", 2),
+        ({"sequence_id": -1, "sequence_start": True, "sequence_end": True}, 2**64 - 1, 3),
+    ],
+)
+def test_sequence_requests_carry_their_correlation_id_and_flags(
+    tmp_path: Path,
+    loaded: list[PythonInstance],
+    parameters: dict[str, int | str | bool],
+    correlation_id: int | str,
+    flags: int,
+) -> None:
+    model_dir = write_model(tmp_path, "text", BYTES_CONFIG, BYTES_MODEL, {"text.py": HELPER})
+    loaded.append(instance := load(model_dir))
+    backend_request = request(
+        {"TEXT": np.array([b"a"], dtype=object)}, ("META",), parameters=parameters
+    )
+    instance.execute([backend_request])
+    [sent] = sender_of(backend_request).wait()
+    assert sent.outputs is not None
+    meta = json.loads(sent.outputs["META"][0])
+    assert meta["correlation_id"] == correlation_id and meta["flags"] == flags
+    assert meta["parameters"] == {}  # the sequence parameters are Triton's own
 
 
 def test_the_backend_registers_pb_utils_under_tritons_name(tmp_path: Path) -> None:

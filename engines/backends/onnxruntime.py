@@ -141,7 +141,11 @@ class OnnxRuntimeBackend(Backend):
             ("output", config.output, model_outputs),
         ):
             if not declared:
+                # Control tensors (sequence batching) are the server's to fill, not inputs.
+                controls = {c.name for c in config.sequence_batching.control_input}
                 for node in found.values():
+                    if kind == "input" and node.name in controls:
+                        continue
                     tensor = declared.add(
                         name=node.name, data_type=self._config_type(config.name, node)
                     )

@@ -53,6 +53,8 @@ from inferd.engines.backends.base import (
 )
 from inferd.engines.backends.python_config import ModelConfig, config_as_dict
 from inferd.engines.backends.python_utils import (
+    TRITONSERVER_REQUEST_FLAG_SEQUENCE_END,
+    TRITONSERVER_REQUEST_FLAG_SEQUENCE_START,
     TRITONSERVER_RESPONSE_COMPLETE_FINAL,
     InferenceRequest,
     InferenceResponse,
@@ -217,7 +219,7 @@ class PythonInstance(RequestInstance):
             for key, value in request.parameters.items()
             if key not in _RESERVED_PARAMETERS
         }
-        return InferenceRequest._create(
+        wrapped = InferenceRequest._create(
             inputs=[Tensor._wrap(name, array) for name, array in request.inputs.items()],
             request_id=request.request_id,
             requested_output_names=list(request.output_names),
@@ -225,6 +227,19 @@ class PythonInstance(RequestInstance):
             timeout=timeout if isinstance(timeout, int) and not isinstance(timeout, bool) else 0,
             sender=sender,
         )
+        # Triton hands a model the request's correlation id (0 without one; int or str)
+        # and its sequence flags.
+        correlation_id = request.parameters.get("sequence_id", 0)
+        if isinstance(correlation_id, int) and not isinstance(correlation_id, bool):
+            correlation_id %= 1 << 64  # Triton's ids are uint64
+        wrapped._correlation_id = correlation_id if isinstance(correlation_id, int | str) else 0
+        flags = 0
+        if request.parameters.get("sequence_start") is True:
+            flags |= TRITONSERVER_REQUEST_FLAG_SEQUENCE_START
+        if request.parameters.get("sequence_end") is True:
+            flags |= TRITONSERVER_REQUEST_FLAG_SEQUENCE_END
+        wrapped._flags = flags
+        return wrapped
 
     def _answer(
         self,

@@ -440,6 +440,7 @@ class InferenceRequest:
     _timeout: int
     _sender: InferenceResponseSender
     _flags: int
+    _correlation_id: int | str
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise TritonModelException(
@@ -465,6 +466,7 @@ class InferenceRequest:
         request._timeout = timeout
         request._sender = sender
         request._flags = 0
+        request._correlation_id = 0
         return request
 
     def inputs(self) -> list[Tensor]:
@@ -473,8 +475,9 @@ class InferenceRequest:
     def request_id(self) -> str:
         return self._request_id
 
-    def correlation_id(self) -> int:
-        return 0  # no sequence batching in inferd yet
+    def correlation_id(self) -> int | str:
+        """The sequence id (an int, or a str for string ids); 0 outside a sequence."""
+        return self._correlation_id
 
     def flags(self) -> int:
         return self._flags
