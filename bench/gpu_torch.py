@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from inferd.bench._harness import PinnedServer, cpu_seconds, markdown_table
-from inferd.engines.executor import GIL_SWITCH_INTERVAL_S
+from inferd.engines.executor import GPU_GIL_SWITCH_INTERVAL_S
 
 RESNET_SOURCE = """
 import torch
@@ -586,8 +586,8 @@ def main() -> None:
     parser.add_argument(
         "--switch-interval",
         type=float,
-        default=GIL_SWITCH_INTERVAL_S,
-        help="GIL switch interval, seconds (default: what inferd serve sets)",
+        default=GPU_GIL_SWITCH_INTERVAL_S,
+        help="GIL switch interval, seconds (default: what inferd serve sets for GPU models)",
     )
     args = parser.parse_args()
     sys.setswitchinterval(args.switch_interval)

@@ -40,12 +40,14 @@ logger = logging.getLogger(__name__)
 
 Outputs = dict[str, np.ndarray]
 
-# What `inferd serve` sets as the GIL switch interval (sys.setswitchinterval): how long a
-# thread holding the GIL runs while another waits. At Python's 5 ms, an instance thread
-# whose GPU batch has finished waits behind the busy event loop before it can answer and
-# launch the next; at 0.5 ms BERT-base went from 77% to 96% of its ceiling on an H200
-# (docs/benchmarks.md), with no change measured on CPU models.
-GIL_SWITCH_INTERVAL_S = 0.0005
+# The GIL switch interval (sys.setswitchinterval) `inferd serve` picks when a model has
+# GPU instances: how long a thread holding the GIL runs while another waits. At Python's
+# 5 ms, an instance thread whose GPU batch has finished waits behind the busy event loop
+# before it can answer and launch the next; at 0.5 ms BERT-base went from 77% to 96% of
+# its ceiling on an H200. For CPU models the short interval costs: about 9% of small-
+# request throughput on the 2-core machine, so they keep Python's default
+# (docs/benchmarks.md has both measurements).
+GPU_GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 @dataclass(slots=True)

@@ -25,7 +25,8 @@ from inferd.engines import (
     InProcessEngineClient,
     ModelState,
 )
-from inferd.protos import grpc_service_pb2_grpc
+from inferd.engines.executor import GPU_GIL_SWITCH_INTERVAL_S
+from inferd.protos import grpc_service_pb2_grpc, model_config_pb2
 from inferd.server.config import ServerConfig
 from inferd.server.health import HealthServicer
 from inferd.server.metrics import MetricsServer
@@ -120,6 +121,9 @@ class InferenceServer:
         self._signals_received = 0
 
     async def start(self) -> None:
+        interval = self.config.gil_switch_interval_s
+        if interval is not None and interval <= 0:  # a bad flag: before binding anything
+            raise ValueError(f"the GIL switch interval must be > 0 seconds, got {interval}")
         if self._tracing is None:
             self._tracing = _tracing(self.config)
         mode = ModelControlMode(self.config.model_control_mode)
@@ -157,6 +161,7 @@ class InferenceServer:
             )
             self.metrics_port = self._metrics.start()
             logger.info("metrics on http://%s:%d/metrics", self.config.host, self.metrics_port)
+        self._set_switch_interval()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         index = self._engine.repository_index(ready_only=False)
         failed = [entry for entry in index if entry.state is ModelState.UNAVAILABLE]
@@ -165,6 +170,17 @@ class InferenceServer:
             sum(entry.state is ModelState.READY for entry in index),
             len(failed),
         )
+
+    def _set_switch_interval(self) -> None:
+        """The GIL switch interval for the process, once the models are known."""
+        assert self._engine is not None
+        interval = self.config.gil_switch_interval_s
+        if interval is None:
+            if not _serves_gpu_models(self._engine):
+                return  # Python's own: CPU models serve faster with it
+            interval = GPU_GIL_SWITCH_INTERVAL_S
+        sys.setswitchinterval(interval)
+        logger.info("GIL switch interval: %g s", interval)
 
     @staticmethod
     def _bind(server: grpc.aio.Server, address: str) -> str:
@@ -235,15 +251,17 @@ class InferenceServer:
             await self.stop()
 
 
-def run(config: ServerConfig) -> None:
-    """Serve until SIGINT/SIGTERM on uvloop where available, else asyncio's own loop.
+def _serves_gpu_models(engine: EngineClient) -> bool:
+    gpu = model_config_pb2.ModelInstanceGroup.KIND_GPU
+    for entry in engine.repository_index(ready_only=True):
+        config = engine.model_info(entry.name, int(entry.version)).config
+        if any(group.kind == gpu for group in config.instance_group):
+            return True
+    return False
 
-    Owns the process: it also sets the GIL switch interval (``ServerConfig``)."""
-    if config.gil_switch_interval_s <= 0:
-        raise ValueError(
-            f"the GIL switch interval must be > 0 seconds, got {config.gil_switch_interval_s}"
-        )
-    sys.setswitchinterval(config.gil_switch_interval_s)
+
+def run(config: ServerConfig) -> None:
+    """Serve until SIGINT/SIGTERM on uvloop where available, else asyncio's own loop."""
     server = InferenceServer(config)
     if config.use_uvloop:
         try:

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from inferd.engines.executor import GIL_SWITCH_INTERVAL_S
-
 # Triton's default: gRPC messages up to INT32_MAX bytes each way.
 DEFAULT_MAX_MESSAGE_BYTES = 2**31 - 1
 
@@ -31,8 +29,9 @@ class ServerConfig:
     trace_rate: float | None = None  # fraction traced; None: OTEL_TRACES_SAMPLER decides
     log_level: str = "info"
     use_uvloop: bool = True
-    # sys.setswitchinterval, process-wide: `run` applies it (see GIL_SWITCH_INTERVAL_S).
-    gil_switch_interval_s: float = GIL_SWITCH_INTERVAL_S
+    # sys.setswitchinterval, process-wide, applied once the models are loaded. None: 0.5 ms
+    # when a model has GPU instances, else Python's own (see GPU_GIL_SWITCH_INTERVAL_S).
+    gil_switch_interval_s: float | None = None
     # Triton's system shared memory: clients on this machine register /dev/shm objects.
     allow_client_shm: bool = False
 

@@ -8,6 +8,7 @@ import importlib.metadata
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -326,3 +327,12 @@ def test_serve_refuses_a_non_positive_gil_switch_interval(tmp_path: Path) -> Non
     assert result.returncode == 1
     assert "the GIL switch interval must be > 0 seconds, got 0.0" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_gil_switch_interval_is_pythons_for_cpu_models_unless_given(
+    start_server: Callable[..., ServerProcess], demo_repository: Path
+) -> None:
+    cpu_only = start_server(demo_repository)
+    assert "GIL switch interval" not in cpu_only.log_text()  # Python's own 5 ms stays
+    given = start_server(demo_repository, "--gil-switch-interval", "0.001")
+    assert "GIL switch interval: 0.001 s" in given.log_text()
