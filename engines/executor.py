@@ -226,6 +226,15 @@ class BatchingExecutor:
     def _batch_ended(self, jobs: list[Job]) -> None:
         """An instance has finished running ``jobs`` (execute returned)."""
 
+    # Outputs the model is always asked for, beyond those the requests name (implicit
+    # sequence state); ``_take_outputs`` sees them before the requests' answers do.
+    _extra_outputs: tuple[str, ...] = ()
+
+    def _take_outputs(self, job: Job, outputs: Outputs) -> Outputs:
+        """A request's outputs (or one streamed response's) before they are answered;
+        called on the thread that produced them."""
+        return outputs
+
     def _on_done(self, job: Job, future: asyncio.Future[Outputs]) -> None:
         if not future.cancelled():
             return
@@ -303,7 +312,11 @@ class BatchingExecutor:
         senders = [_JobSender(self, job, started_ns) for job in jobs]
         requests = [
             BackendRequest(
-                job.request_id, job.inputs, job.output_names, job.parameters or {}, sender
+                job.request_id,
+                job.inputs,
+                job.output_names + self._extra_outputs,
+                job.parameters or {},
+                sender,
             )
             for job, sender in zip(jobs, senders, strict=True)
         ]
@@ -329,7 +342,9 @@ class BatchingExecutor:
         rows = [job.pending.rows for job in jobs]
         try:
             inputs = instance.gather([job.inputs for job in jobs])
-            names = sorted({name for job in jobs for name in job.output_names})
+            names = sorted(
+                {name for job in jobs for name in job.output_names + self._extra_outputs}
+            )
             infer_ns = time.perf_counter_ns()
             try:
                 outputs = instance.infer(inputs, names)
@@ -375,6 +390,7 @@ class BatchingExecutor:
                 compute_output_ns=done_ns - output_ns,
                 request_ns=done_ns - job.queued_ns,
             )
+            outputs_of_job = self._take_outputs(job, outputs_of_job)
             self._answer(job, {name: outputs_of_job[name] for name in job.output_names})
 
     def _observe(
@@ -487,6 +503,8 @@ class _JobSender:
             self._ended = final
             job = self._job
             response = dict(outputs) if outputs is not None else None
+            if response is not None:
+                response = self._executor._take_outputs(job, response)
             if job.stream is not None:
                 if response is not None or error is not None or final:
                     produced_ns = time.perf_counter_ns()

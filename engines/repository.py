@@ -27,6 +27,7 @@ from inferd.engines.model import ModelVersion
 from inferd.engines.scheduler import BatchingPolicy
 from inferd.engines.sequence import SequencePolicy
 from inferd.engines.sequence_executor import SequenceBatchingExecutor
+from inferd.engines.sequence_state import load_states
 from inferd.engines.statistics import ModelStatistics
 from inferd.engines.types import BatchObserver, ModelIndexEntry, ModelState
 from inferd.engines.warmup import warm_up
@@ -117,6 +118,7 @@ def _load_version(
     model_path = model_dir / str(version) / config.default_model_filename
     if not model_path.exists():
         raise FileNotFoundError(f"model file {model_path} does not exist")
+    states = load_states(config, model_dir)  # before instances: a bad state loads nothing
     labels = {
         output.name: read_labels(model_dir / output.label_filename)
         for output in config.output
@@ -145,6 +147,7 @@ def _load_version(
             statistics,
             observer=observer,
             devices=devices,
+            states=states,
         )
     else:
         executor = BatchingExecutor(

@@ -340,6 +340,7 @@ class SequenceScheduler:
         self._backlog: OrderedDict[SequenceId, _Sequence] = OrderedDict()
         self._live = [0] * policy.instances  # sequences holding each instance
         self._queued: dict[int, _Sequence] = {}  # request key -> its sequence
+        self._released: list[SequenceId] = []  # freed since take_released()
         preferred = policy.preferred_batch_sizes or (policy.slots_per_instance,)
         self._preferred = preferred
 
@@ -455,12 +456,18 @@ class SequenceScheduler:
     def next_expiry(self) -> float | None:
         return self._next_idle()
 
+    def take_released(self) -> tuple[SequenceId, ...]:
+        """The sequences freed (ended or idle) since the last call: their state can go."""
+        released, self._released = tuple(self._released), []
+        return released
+
     def drain(self) -> tuple[SequenceRequest, ...]:
         """Empty everything (shutdown), returning what was queued."""
         requests = tuple(request for s in self._sequences.values() for request in s.queue)
         self._sequences.clear()
         self._backlog.clear()
         self._queued.clear()
+        self._released.clear()
         self._live = [0] * self._policy.instances
         return requests
 
@@ -506,6 +513,7 @@ class SequenceScheduler:
     def _release(self, sequence: _Sequence) -> bool:
         """Free a sequence's slot and hand it to the oldest backlogged sequence."""
         del self._sequences[sequence.sequence_id]
+        self._released.append(sequence.sequence_id)
         assert sequence.instance is not None
         self._live[sequence.instance] -= 1
         sequence.instance = None

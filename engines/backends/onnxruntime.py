@@ -135,16 +135,44 @@ class OnnxRuntimeBackend(Backend):
                     "batching while non-zero max_batch_size is specified",
                 )
         batched = config.max_batch_size > 0
+        batching = config.sequence_batching
+        for state in batching.state:
+            for kind, state_name, found in (
+                ("input", state.input_name, model_inputs),
+                ("output", state.output_name, model_outputs),
+            ):
+                node = found.get(state_name)
+                if node is None:
+                    raise EngineError(
+                        ErrorCode.INVALID_ARGUMENT,
+                        f"unable to load model '{config.name}': sequence batching state "
+                        f"{kind} '{state_name}' is not an {kind} of the ONNX model ({kind}s "
+                        f"{sorted(found)})",
+                    )
+                if self._config_type(config.name, node) != state.data_type:
+                    raise EngineError(
+                        ErrorCode.INVALID_ARGUMENT,
+                        f"unable to load model '{config.name}': sequence batching state "
+                        f"{kind} '{state_name}' is {node.type} in the ONNX model but the "
+                        "state's data_type is "
+                        f"{model_config_pb2.DataType.Name(state.data_type)}",
+                    )
 
         for kind, declared, found in (
             ("input", config.input, model_inputs),
             ("output", config.output, model_outputs),
         ):
             if not declared:
-                # Control tensors (sequence batching) are the server's to fill, not inputs.
-                controls = {c.name for c in config.sequence_batching.control_input}
+                # Control tensors and implicit state (sequence batching) are the server's
+                # to fill and to keep, not the client's inputs and outputs.
+                hidden = (
+                    {c.name for c in batching.control_input}
+                    | {state.input_name for state in batching.state}
+                    if kind == "input"
+                    else {state.output_name for state in batching.state}
+                )
                 for node in found.values():
-                    if kind == "input" and node.name in controls:
+                    if node.name in hidden:
                         continue
                     tensor = declared.add(
                         name=node.name, data_type=self._config_type(config.name, node)

@@ -151,7 +151,10 @@ class PythonInstance(RequestInstance):
         self._model = model
         self._package = package
         self._decoupled = config.model_transaction_policy.decoupled
-        self._output_names = tuple(output.name for output in config.output)
+        # Implicit sequence state leaves a model as an output the config need not declare.
+        self._output_names = tuple(output.name for output in config.output) + tuple(
+            state.output_name for state in config.sequence_batching.state
+        )
         self._loop: _EventLoopThread | None = None  # started by the first async execute
         self._close_lock = threading.Lock()
         self._closed = False
