@@ -183,7 +183,8 @@ def _models(args: argparse.Namespace) -> int:
 
     with Client(args.url) as client:
         for model in client.repository_index():
-            line = f"{model.name}\t{model.version or '-'}\t{model.state}"
+            # Model control lists models never loaded with no state at all, as Triton does.
+            line = f"{model.name}\t{model.version or '-'}\t{model.state or 'NOT LOADED'}"
             print(f"{line}\t{model.reason}" if model.reason else line)
     return 0
 

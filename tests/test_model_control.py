@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -137,6 +139,11 @@ def test_explicit_mode_loads_only_named_models(
         assert {model.name for model in client.get_model_repository_index().models} == {
             path.name for path in demo_copy.iterdir()
         }
+        listed = subprocess.run(
+            [sys.executable, "-m", "inferd.server", "models", "--url", str(server.address)],
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout.splitlines()  # fmt: skip
+        assert "simple_int8\t-\tNOT LOADED" in listed and "simple\t1\tREADY" in listed
 
         client.load_model("simple_int8")
         assert client.is_model_ready("simple_int8")
