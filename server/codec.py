@@ -217,6 +217,14 @@ def _requested_output(
     return RequestedOutput(output.name, parameter.int64_param)
 
 
+def uses_shared_memory(request: pb.ModelInferRequest) -> bool:
+    """Whether any input or requested output names a shared-memory region: such requests
+    are decoded and encoded off the event loop, since their tensors are file I/O."""
+    return any("shared_memory_region" in tensor.parameters for tensor in request.inputs) or any(
+        "shared_memory_region" in output.parameters for output in request.outputs
+    )
+
+
 def decode_infer_request(
     request: pb.ModelInferRequest,
     deadline: float | None,

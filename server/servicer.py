@@ -3,22 +3,30 @@ client and encode. Protobuf types stop here; the engine sees only its own types.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import time
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
 from inferd.engines import EngineClient, EngineError, ErrorCode, ModelInfo, TensorSpec
 from inferd.protos import grpc_service_pb2 as pb
 from inferd.protos import grpc_service_pb2_grpc as pb_grpc
-from inferd.server.codec import decode_infer_request, encode_infer_response, parse_version
+from inferd.server.codec import (
+    decode_infer_request,
+    encode_infer_response,
+    parse_version,
+    uses_shared_memory,
+)
 from inferd.server.model_control import ModelControl
 from inferd.server.shared_memory import SystemSharedMemoryRegistry
 from inferd.server.statistics_codec import encode_model_statistics
 from inferd.server.status import maps_engine_errors
 from inferd.server.streaming import StreamCall
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:  # opentelemetry is an optional extra: imported only when tracing is on
     from inferd.server.tracing import Tracing
@@ -161,12 +169,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._model(request.model_name, request.model_version)
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
+        off_loop = uses_shared_memory(request)  # region reads and writes are file I/O
         if self._tracing is None:
             with self._shm.request() as regions:
                 response = await self._engine.infer(
-                    decode_infer_request(request, deadline, regions)
+                    await _run(off_loop, decode_infer_request, request, deadline, regions)
                 )
-                return encode_infer_response(response, regions)
+                return await _run(off_loop, encode_infer_response, response, regions)
         trace = self._tracing.start_request(
             context.invocation_metadata(), request.model_name, request.model_version, request.id
         )
@@ -174,11 +183,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         error: BaseException | None = None
         try:
             with self._shm.request() as regions:
-                engine_request = decode_infer_request(request, deadline, regions)
+                engine_request = await _run(
+                    off_loop, decode_infer_request, request, deadline, regions
+                )
                 engine_request.trace = trace
                 response = await self._engine.infer(engine_request)
                 encode_start_ns = time.perf_counter_ns()
-                return encode_infer_response(response, regions)
+                return await _run(off_loop, encode_infer_response, response, regions)
         except BaseException as exc:
             error = exc
             raise
@@ -291,6 +302,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.RepositoryModelUnloadResponse:
         await self._model_control.unload(request)
         return pb.RepositoryModelUnloadResponse()
+
+
+async def _run(off_loop: bool, function: Callable[..., T], *args: object) -> T:
+    """``function(*args)`` on a worker thread when ``off_loop``, else right here."""
+    if off_loop:
+        return await asyncio.to_thread(function, *args)
+    return function(*args)
 
 
 def _unimplemented(rpc: str, where: str) -> object:

@@ -25,7 +25,7 @@ import grpc
 
 from inferd.engines import EngineClient, EngineError, ErrorCode, ErrorResponse, InferResponse
 from inferd.protos import grpc_service_pb2 as pb
-from inferd.server.codec import decode_infer_request, encode_infer_response
+from inferd.server.codec import decode_infer_request, encode_infer_response, uses_shared_memory
 from inferd.server.shared_memory import RequestRegions, SystemSharedMemoryRegistry
 from inferd.server.status import STATUS_BY_ERROR_CODE
 
@@ -159,7 +159,11 @@ class StreamCall:
     async def _answer_with(
         self, request: pb.ModelInferRequest, regions: RequestRegions
     ) -> AsyncGenerator[pb.ModelStreamInferResponse | _Abort]:
-        engine_request = decode_infer_request(request, None, regions)
+        off_loop = uses_shared_memory(request)  # region reads and writes are file I/O
+        if off_loop:
+            engine_request = await asyncio.to_thread(decode_infer_request, request, None, regions)
+        else:
+            engine_request = decode_infer_request(request, None, regions)
         empty_final = engine_request.parameters.get(EMPTY_FINAL_RESPONSE) is True
         trace = None
         if self._tracing is not None:
@@ -179,7 +183,10 @@ class StreamCall:
                         return
                     yield _error_response(request, item.error.message, item.final)
                 elif item.outputs or not item.final or empty_final:
-                    yield _stream_response(item, regions)
+                    if off_loop:
+                        yield await asyncio.to_thread(_stream_response, item, regions)
+                    else:
+                        yield _stream_response(item, regions)
         except BaseException as exc:
             error = exc
             raise
