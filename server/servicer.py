@@ -36,7 +36,10 @@ SERVER_NAME = "inferd"
 SUPPORTED_EXTENSIONS = (
     "classification",
     "model_configuration",
+    "model_repository",
+    "model_repository(unload_dependents)",
     "schedule_policy",
+    "sequence",
     "statistics",
     "trace",
 )

@@ -242,7 +242,10 @@ def test_server_metadata(demo_client: tritongrpc.InferenceServerClient) -> None:
     assert list(metadata.extensions) == [
         "classification",
         "model_configuration",
+        "model_repository",
+        "model_repository(unload_dependents)",
         "schedule_policy",
+        "sequence",
         "statistics",
         "trace",
     ]
