@@ -8,6 +8,7 @@ version's load with a message naming the model, the sample and the tensor.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -19,6 +20,8 @@ import numpy as np
 
 from inferd.engines.backends import BackendInstance, BackendRequest, RequestInstance
 from inferd.engines.errors import EngineError, ErrorCode
+from inferd.engines.sequence import SequenceParameters, SequencePolicy, control_tensors
+from inferd.engines.sequence_state import SequenceStates, load_states
 from inferd.engines.validation import shape_text
 from inferd.protos import model_config_pb2
 from inferd.protos.datatypes import NUMPY_DTYPES, config_type_to_datatype, decode_bytes_tensor
@@ -66,6 +69,7 @@ def warm_up(
         _build_sample(config, model_dir, setting, position)
         for position, setting in enumerate(config.model_warmup)
     ]
+    samples = [_with_sequence_inputs(config, model_dir, sample) for sample in samples]
     output_names = [output.name for output in config.output]
     for sample in samples:
         logger.info(
@@ -86,6 +90,24 @@ def warm_up(
                         f"instance {index}, iteration {run + 1} of {sample.runs}: "
                         f"{type(exc).__name__}: {exc}",
                     ) from exc
+
+
+def _with_sequence_inputs(
+    config: model_config_pb2.ModelConfig, model_dir: Path, sample: _Sample
+) -> _Sample:
+    """A sequence model's sample also gets what the sequence batcher feeds: control
+    tensors for a whole sequence in one request (START and END, correlation id 1) and the
+    initial implicit states, one per row."""
+    if not config.HasField("sequence_batching"):
+        return sample
+    batched = config.max_batch_size > 0
+    rows = next(iter(sample.feed.values())).shape[0] if batched and sample.feed else 1
+    policy = SequencePolicy.from_config(config, instances=1)
+    extra = control_tensors(policy.controls, SequenceParameters(1, True, True), rows, batched)
+    states = SequenceStates(load_states(config, model_dir), batched).begin(1, start=True)
+    for name, initial in states.inputs.items():
+        extra[name] = np.repeat(initial, rows, axis=0) if batched else initial
+    return dataclasses.replace(sample, feed={**sample.feed, **extra})
 
 
 # A warm-up request must end within this long (a decoupled model may answer after its

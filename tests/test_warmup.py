@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -585,6 +586,44 @@ def test_python_decoupled_model_warms_up_on_each_instance(tmp_path: Path) -> Non
     try:
         assert loaded.failures == {}
         assert (model_dir / "runs.txt").read_text().count("run") == 2 * 3
+    finally:
+        for version in loaded.versions.values():
+            version.close()
+
+
+_SEQUENCE_WARMUP = """
+model_warmup [ {
+  name: "ones" batch_size: 2
+  inputs { key: "INPUT" value: { data_type: TYPE_INT32 dims: [ 1 ] zero_data: true } }
+} ]
+"""
+
+
+@pytest.mark.parametrize(
+    "model", ["simple_sequence", "simple_dyna_sequence", "simple_string_dyna_sequence"]
+)
+def test_sequence_models_warm_up_with_their_control_inputs(
+    demo_repository: Path, tmp_path: Path, model: str
+) -> None:
+    model_dir = Path(shutil.copytree(demo_repository / model, tmp_path / model))
+    config = model_dir / "config.pbtxt"
+    config.write_text(config.read_text() + _SEQUENCE_WARMUP)
+    loaded = load_model(model_dir)
+    try:
+        assert loaded.failures == {}
+        assert list(loaded.versions) == [1]
+    finally:
+        for version in loaded.versions.values():
+            version.close()
+
+
+def test_a_model_with_implicit_state_warms_up_from_its_initial_state(tmp_path: Path) -> None:
+    from tests.test_sequence_state import _accumulator_config, _accumulator_graph, _model
+
+    config = _accumulator_config("acc", 4, "zero_data: true", io=True) + _SEQUENCE_WARMUP
+    loaded = load_model(_model(tmp_path, "acc", config, _accumulator_graph(batched=True)))
+    try:
+        assert loaded.failures == {}
     finally:
         for version in loaded.versions.values():
             version.close()
