@@ -9,6 +9,7 @@ are written only into a fresh private directory per load.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -277,11 +278,10 @@ class ModelControl:
 
     async def _poll_loop(self) -> None:
         while True:
-            try:
+            # asyncio.TimeoutError: on Python 3.10 it is not yet the builtin TimeoutError.
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self._poll_interval_s)
                 return
-            except TimeoutError:
-                pass
             try:
                 await self.poll_once()
             except Exception:  # a bad poll must not end polling

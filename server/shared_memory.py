@@ -217,12 +217,7 @@ class SystemSharedMemoryRegistry:
         its request ends; registering is refused from now on."""
         with self._lock:
             self._closed = True
-            regions = list(self._regions.values())
-            self._regions.clear()
-            for region in regions:
-                region.unregistered = True
-                if region.users == 0:
-                    os.close(region.fd)
+        self.unregister("")
 
     def _acquire(self, name: str, offset: int, byte_size: int, what: str) -> RegionSlice:
         if not self.enabled:

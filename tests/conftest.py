@@ -7,7 +7,7 @@ import pytest
 
 from inferd.engines.demo_repository import build_demo_repository
 from tests.model_builders import build_test_repository
-from tests.server_process import ServerProcess
+from tests.server_process import ServerProcess, serve
 
 
 @pytest.fixture(scope="session")
@@ -21,21 +21,14 @@ def test_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_test_repository(tmp_path_factory.mktemp("test-repo") / "models")
 
 
-def _serve(repository: Path, *args: str) -> Iterator[ServerProcess]:
-    server = ServerProcess(repository, *args).wait_ready()
-    yield server
-    code = server.stop()
-    assert code == 0, f"inferd exited with {code}:\n{server.log_text()}"
-
-
 @pytest.fixture(scope="session")
 def demo_server(demo_repository: Path) -> Iterator[ServerProcess]:
-    yield from _serve(demo_repository)
+    yield from serve(demo_repository)
 
 
 @pytest.fixture(scope="session")
 def test_server(test_repository: Path) -> Iterator[ServerProcess]:
-    yield from _serve(test_repository)
+    yield from serve(test_repository)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 _LISTENING = re.compile(r"listening on (\S+)")
@@ -86,3 +87,11 @@ class ServerProcess:
         if self.process.poll() is None:
             self.process.kill()
         self.wait()
+
+
+def serve(repository: Path | None, *args: str) -> Iterator[ServerProcess]:
+    """A fixture body: a ready server, then a clean stop that must exit 0."""
+    server = ServerProcess(repository, *args).wait_ready()
+    yield server
+    code = server.stop()
+    assert code == 0, f"inferd exited with {code}:\n{server.log_text()}"

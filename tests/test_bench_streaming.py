@@ -48,8 +48,7 @@ def _repeat_inputs(count: int, delay_ms: int = 0) -> dict[str, np.ndarray]:
 
 @pytest.fixture
 def repeat_int32(demo_repository: Path) -> str:
-    if not (demo_repository / "repeat_int32").is_dir():
-        pytest.skip("the demo repository has no repeat_int32 yet")
+    assert (demo_repository / "repeat_int32").is_dir()  # the decoupled demo model
     return "repeat_int32"
 
 

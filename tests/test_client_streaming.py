@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import TypeVar
 
 import grpc
@@ -337,10 +336,8 @@ def test_stream_on_a_closed_client_is_refused() -> None:
 
 
 def test_decoupled_repeat_answers_each_element_then_the_final_flag(
-    demo_server: ServerProcess, demo_repository: Path
+    demo_server: ServerProcess,
 ) -> None:
-    if not (demo_repository / "repeat_int32").is_dir():
-        pytest.skip("the demo repository has no repeat_int32 yet")
     values = np.array([7, 8, 9, 10], dtype=np.int32)
     request = StreamRequest(
         "repeat_int32",

@@ -24,27 +24,20 @@ from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 from inferd.engines import EngineError, ErrorCode
 from inferd.server.shared_memory import SystemSharedMemoryRegistry
 from tests.model_builders import DATATYPES
-from tests.server_process import ServerProcess
+from tests.server_process import ServerProcess, serve
 
 TIMEOUT_S = 30.0
 INT32_BYTES = 16 * 4  # one row of `simple`'s INT32 [16] tensors
 
 
-def _serve(repository: Path) -> Iterator[ServerProcess]:
-    server = ServerProcess(repository, "--allow-client-shm").wait_ready()
-    yield server
-    code = server.stop()
-    assert code == 0, f"inferd exited with {code}:\n{server.log_text()}"
-
-
 @pytest.fixture(scope="module")
 def shm_server(demo_repository: Path) -> Iterator[ServerProcess]:
-    yield from _serve(demo_repository)
+    yield from serve(demo_repository, "--allow-client-shm")
 
 
 @pytest.fixture(scope="module")
 def shm_test_server(test_repository: Path) -> Iterator[ServerProcess]:
-    yield from _serve(test_repository)
+    yield from serve(test_repository, "--allow-client-shm")
 
 
 @pytest.fixture
