@@ -223,10 +223,10 @@ async def _drive_engine(client, model: BenchModel, concurrency: int, seconds: fl
     tasks = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
     await asyncio.sleep(warmup)
     measuring, started = True, time.perf_counter()
-    (before,) = client.statistics(model.name, None)
+    (before,) = await client.statistics(model.name, None)
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - started
-    (after,) = client.statistics(model.name, None)
+    (after,) = await client.statistics(model.name, None)
     return completed, elapsed, _phases(before, after)
 
 
@@ -270,7 +270,7 @@ def engine_run(
 
         async def run():
             await client.start()
-            entries = client.repository_index(ready_only=False)
+            entries = await client.repository_index(ready_only=False)
             if any(entry.state.value != "READY" for entry in entries):
                 raise RuntimeError(f"model did not load: {entries}")
             try:

@@ -1,7 +1,8 @@
 """The engine: model repository, execution instances and backends. No gRPC here."""
 
+from inferd.engines.catalog import CatalogEntry, ModelCatalog, ModelInfo
 from inferd.engines.client import EngineClient, InProcessEngineClient
-from inferd.engines.engine import Engine, ModelInfo
+from inferd.engines.engine import Engine
 from inferd.engines.errors import EngineError, ErrorCode
 from inferd.engines.types import (
     BatchMember,
@@ -22,6 +23,7 @@ __all__ = [
     "BatchMember",
     "BatchObserver",
     "BatchRecord",
+    "CatalogEntry",
     "Engine",
     "EngineClient",
     "EngineError",
@@ -31,6 +33,7 @@ __all__ = [
     "InferRequest",
     "InferResponse",
     "InputTensor",
+    "ModelCatalog",
     "ModelIndexEntry",
     "ModelInfo",
     "ModelState",

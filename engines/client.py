@@ -1,6 +1,7 @@
-"""How front ends reach the engine: a small interface with, for now, one in-process
-implementation. A multi-process implementation (front processes feeding one engine
-process per GPU) slots in behind the same methods without touching the servicers.
+"""How front ends reach the engine: a small interface with two implementations, the
+engine in this process (here) and an engine process reached over a local socket
+(``inferd.server.ipc.remote_client``). Lookups asked on every request (``model_info``,
+``is_ready``) are synchronous; anything that may cross a process boundary is async.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
 
-from inferd.engines.engine import Engine, ModelInfo
+from inferd.engines.catalog import ModelInfo
+from inferd.engines.engine import Engine
 from inferd.engines.statistics import StatisticsSnapshot
 from inferd.engines.types import (
     BatchObserver,
@@ -31,9 +33,9 @@ class EngineClient(Protocol):
     def model_info(self, name: str, version: int | None) -> ModelInfo:
         """Raises EngineError(NOT_FOUND) for an unknown model or version."""
 
-    def repository_index(self, ready_only: bool) -> list[ModelIndexEntry]: ...
+    async def repository_index(self, ready_only: bool) -> list[ModelIndexEntry]: ...
 
-    def statistics(self, name: str, version: int | None) -> list[StatisticsSnapshot]:
+    async def statistics(self, name: str, version: int | None) -> list[StatisticsSnapshot]:
         """Statistics per version (pending requests included). Empty name: every model."""
 
     async def infer(self, request: InferRequest) -> InferResponse:
@@ -89,11 +91,16 @@ class InProcessEngineClient:
     def model_info(self, name: str, version: int | None) -> ModelInfo:
         return self._engine.model_info(name, version)
 
-    def repository_index(self, ready_only: bool) -> list[ModelIndexEntry]:
+    async def repository_index(self, ready_only: bool) -> list[ModelIndexEntry]:
         return self._engine.repository_index(ready_only)
 
-    def statistics(self, name: str, version: int | None) -> list[StatisticsSnapshot]:
+    async def statistics(self, name: str, version: int | None) -> list[StatisticsSnapshot]:
         return self._engine.statistics(name, version)
+
+    @property
+    def engine(self) -> Engine:
+        """The engine itself, for what runs beside it in this process (metrics, catalog)."""
+        return self._engine
 
     async def infer(self, request: InferRequest) -> InferResponse:
         return await self._engine.infer(request)

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from inferd.engines.catalog import CatalogEntry, ModelInfo, select_version
 from inferd.engines.errors import EngineError, ErrorCode
 from inferd.engines.model import ModelVersion
 from inferd.engines.repository import (
@@ -28,24 +29,9 @@ from inferd.engines.types import (
     ModelIndexEntry,
     ModelState,
 )
-from inferd.engines.validation import TensorSpec
 from inferd.protos import model_config_pb2
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class ModelInfo:
-    """What a front end needs to know about one servable model version."""
-
-    name: str
-    version: int
-    ready_versions: tuple[int, ...]
-    platform: str
-    max_batch_size: int
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    config: model_config_pb2.ModelConfig
 
 
 # How long a replaced or unloaded version may finish the requests it already has
@@ -222,28 +208,8 @@ class Engine:
         """The version asked for, or the newest ready one; NOT_FOUND names what was asked."""
         loaded = self._models.get(name)
         if loaded is None:
-            raise EngineError(
-                ErrorCode.NOT_FOUND, f"Request for unknown model: '{name}' is not found"
-            )
-        if version is None:
-            if not loaded.versions:
-                raise EngineError(
-                    ErrorCode.NOT_FOUND,
-                    f"Request for unknown model: '{name}' has no available versions",
-                )
-            return loaded.versions[max(loaded.versions)]
-        found = loaded.versions.get(version)
-        if found is None:
-            if str(version) in loaded.failures:
-                raise EngineError(
-                    ErrorCode.UNAVAILABLE,
-                    f"Request for unknown model: '{name}' version {version} is not at ready state",
-                )
-            raise EngineError(
-                ErrorCode.NOT_FOUND,
-                f"Request for unknown model: '{name}' version {version} is not found",
-            )
-        return found
+            return select_version(name, None, (), version)
+        return select_version(name, loaded.versions, loaded.failures, version)
 
     def model_info(self, name: str, version: int | None) -> ModelInfo:
         # Asked on every request; what it describes does not change once loaded.
@@ -268,6 +234,24 @@ class Engine:
             outputs=model.outputs,
             config=model.config,
         )
+
+    def catalog(self) -> tuple[CatalogEntry, ...]:
+        """Every loaded model's ready versions, for lookups in another process."""
+        with self._lock:
+            loaded = [
+                (name, sorted(model.versions), tuple(model.failures))
+                for name, model in self._models.items()
+            ]
+        entries = []
+        for name, versions, failed in loaded:
+            infos = []
+            for version in versions:
+                try:
+                    infos.append(self.model_info(name, version))
+                except EngineError:  # unloaded since the copy above: no longer servable
+                    continue
+            entries.append(CatalogEntry(name, tuple(infos), failed))
+        return tuple(entries)
 
     def repository_index(self, ready_only: bool) -> list[ModelIndexEntry]:
         """Every model directory of the repository and every loaded model, as Triton

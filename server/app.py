@@ -155,15 +155,10 @@ class InferenceServer:
         await self._engine.start()
         self._control.start_polling()
         if self.config.metrics_port is not None:
-            engine = self._engine
-            self._metrics = MetricsServer(
-                lambda: engine.statistics("", None), self.config.host, self.config.metrics_port
-            )
-            self.metrics_port = self._metrics.start()
-            logger.info("metrics on http://%s:%d/metrics", self.config.host, self.metrics_port)
-        self._set_switch_interval()
+            self._start_metrics()
+        await self._set_switch_interval()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        index = self._engine.repository_index(ready_only=False)
+        index = await self._engine.repository_index(ready_only=False)
         failed = [entry for entry in index if entry.state is ModelState.UNAVAILABLE]
         logger.info(
             "ready: %d model version(s) serving, %d failed to load",
@@ -171,12 +166,23 @@ class InferenceServer:
             len(failed),
         )
 
-    def _set_switch_interval(self) -> None:
+    def _start_metrics(self) -> None:
+        assert self.config.metrics_port is not None
+        if not isinstance(self._engine, InProcessEngineClient):
+            raise ValueError("metrics need the engine in this process (its statistics)")
+        engine = self._engine.engine  # scrapes run on the HTTP server's threads: no loop
+        self._metrics = MetricsServer(
+            lambda: engine.statistics("", None), self.config.host, self.config.metrics_port
+        )
+        self.metrics_port = self._metrics.start()
+        logger.info("metrics on http://%s:%d/metrics", self.config.host, self.metrics_port)
+
+    async def _set_switch_interval(self) -> None:
         """The GIL switch interval for the process, once the models are known."""
         assert self._engine is not None
         interval = self.config.gil_switch_interval_s
         if interval is None:
-            if not _serves_gpu_models(self._engine):
+            if not await serves_gpu_models(self._engine):
                 return  # Python's own: CPU models serve faster with it
             interval = GPU_GIL_SWITCH_INTERVAL_S
         sys.setswitchinterval(interval)
@@ -251,9 +257,9 @@ class InferenceServer:
             await self.stop()
 
 
-def _serves_gpu_models(engine: EngineClient) -> bool:
+async def serves_gpu_models(engine: EngineClient) -> bool:
     gpu = model_config_pb2.ModelInstanceGroup.KIND_GPU
-    for entry in engine.repository_index(ready_only=True):
+    for entry in await engine.repository_index(ready_only=True):
         config = engine.model_info(entry.name, int(entry.version)).config
         if any(group.kind == gpu for group in config.instance_group):
             return True

@@ -146,7 +146,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStatisticsResponse:
         version = parse_version(request.version)
-        return encode_model_statistics(self._engine.statistics(request.name, version))
+        return encode_model_statistics(await self._engine.statistics(request.name, version))
 
     @maps_engine_errors
     async def RepositoryIndex(
@@ -160,7 +160,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     state=entry.state.value,
                     reason=entry.reason,
                 )
-                for entry in self._engine.repository_index(request.ready)
+                for entry in await self._engine.repository_index(request.ready)
             ]
         )
 
