@@ -30,7 +30,7 @@ class InputTensor:
     name: str
     datatype: str
     shape: tuple[int, ...]
-    data: bytes | np.ndarray
+    data: bytes | memoryview | np.ndarray  # memoryview: bytes in another process's ring
     array: np.ndarray | None = None
 
 

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,7 +60,7 @@ def _grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
     ]
 
 
-def _repository(config: ServerConfig) -> Path:
+def resolve_repository(config: ServerConfig) -> Path:
     if config.model_repository is not None:
         if not config.model_repository.is_dir():  # fail before binding any port
             raise EngineError(
@@ -74,7 +75,7 @@ def _repository(config: ServerConfig) -> Path:
     return path
 
 
-def _tracing(config: ServerConfig) -> Tracing | None:
+def tracing_from_config(config: ServerConfig) -> Tracing | None:
     """Tracing from the flags or OTEL_* variables; None (off) unless asked for."""
     exporter = config.trace_exporter or os.environ.get("OTEL_TRACES_EXPORTER")
     if exporter in (None, "none"):
@@ -119,18 +120,20 @@ class InferenceServer:
         self.metrics_port: int | None = None
         self._should_exit = asyncio.Event()
         self._signals_received = 0
+        self._engine_ready = False
+        self._health_update: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         interval = self.config.gil_switch_interval_s
         if interval is not None and interval <= 0:  # a bad flag: before binding anything
             raise ValueError(f"the GIL switch interval must be > 0 seconds, got {interval}")
         if self._tracing is None:
-            self._tracing = _tracing(self.config)
+            self._tracing = tracing_from_config(self.config)
         mode = ModelControlMode(self.config.model_control_mode)
         startup = startup_models(mode, self.config.load_models)  # bad flags: before binding
         repository = self.config.model_repository
         if self._engine is None:
-            repository = _repository(self.config)
+            repository = resolve_repository(self.config)
             self._engine = InProcessEngineClient(repository, self._tracing, startup)
         self._control = ModelControl(
             self._engine, repository, mode, self.config.repository_poll_secs
@@ -156,14 +159,30 @@ class InferenceServer:
         self._control.start_polling()
         if self.config.metrics_port is not None:
             self._start_metrics()
-        await self._set_switch_interval()
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        await apply_switch_interval(self.config, self._engine)
+        self._engine_ready = self._engine.is_ready()
+        await self._update_health()
+
+    def engine_readiness(self, ready: bool) -> None:
+        """The engine (in another process) came or went: health follows at once."""
+        self._engine_ready = ready
+        self._health_update = asyncio.get_running_loop().create_task(self._update_health())
+
+    async def _update_health(self) -> None:
+        serving = self._engine_ready and not self._should_exit.is_set()
+        await self._set_health(
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+
+    async def model_counts(self) -> tuple[int, int]:
+        """(model versions serving, versions that failed to load)."""
+        assert self._engine is not None
         index = await self._engine.repository_index(ready_only=False)
-        failed = [entry for entry in index if entry.state is ModelState.UNAVAILABLE]
-        logger.info(
-            "ready: %d model version(s) serving, %d failed to load",
+        return (
             sum(entry.state is ModelState.READY for entry in index),
-            len(failed),
+            sum(entry.state is ModelState.UNAVAILABLE for entry in index),
         )
 
     def _start_metrics(self) -> None:
@@ -176,17 +195,6 @@ class InferenceServer:
         )
         self.metrics_port = self._metrics.start()
         logger.info("metrics on http://%s:%d/metrics", self.config.host, self.metrics_port)
-
-    async def _set_switch_interval(self) -> None:
-        """The GIL switch interval for the process, once the models are known."""
-        assert self._engine is not None
-        interval = self.config.gil_switch_interval_s
-        if interval is None:
-            if not await serves_gpu_models(self._engine):
-                return  # Python's own: CPU models serve faster with it
-            interval = GPU_GIL_SWITCH_INTERVAL_S
-        sys.setswitchinterval(interval)
-        logger.info("GIL switch interval: %g s", interval)
 
     @staticmethod
     def _bind(server: grpc.aio.Server, address: str) -> str:
@@ -246,18 +254,40 @@ class InferenceServer:
         )
         self._should_exit.set()
 
-    async def serve(self) -> None:
+    async def serve(
+        self, on_started: Callable[[InferenceServer], Awaitable[None]] | None = None
+    ) -> None:
+        """Serve until a signal. ``on_started`` replaces the "ready:" log line (a front
+        process reports to its supervisor instead)."""
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self._on_signal, signum)
         try:
             await self.start()
+            if on_started is not None:
+                await on_started(self)
+            else:
+                serving, failed = await self.model_counts()
+                logger.info(
+                    "ready: %d model version(s) serving, %d failed to load", serving, failed
+                )
             await self._should_exit.wait()
         finally:
             await self.stop()
 
 
-async def serves_gpu_models(engine: EngineClient) -> bool:
+async def apply_switch_interval(config: ServerConfig, engine: EngineClient) -> None:
+    """The GIL switch interval for the process, once the models are known."""
+    interval = config.gil_switch_interval_s
+    if interval is None:
+        if not await _serves_gpu_models(engine):
+            return  # Python's own: CPU models serve faster with it
+        interval = GPU_GIL_SWITCH_INTERVAL_S
+    sys.setswitchinterval(interval)
+    logger.info("GIL switch interval: %g s", interval)
+
+
+async def _serves_gpu_models(engine: EngineClient) -> bool:
     gpu = model_config_pb2.ModelInstanceGroup.KIND_GPU
     for entry in await engine.repository_index(ready_only=True):
         config = engine.model_info(entry.name, int(entry.version)).config
@@ -266,8 +296,13 @@ async def serves_gpu_models(engine: EngineClient) -> bool:
     return False
 
 
-def run(config: ServerConfig) -> None:
-    """Serve until SIGINT/SIGTERM on uvloop where available, else asyncio's own loop."""
+def run(config: ServerConfig) -> int:
+    """Serve until SIGINT/SIGTERM on uvloop where available, else asyncio's own loop;
+    returns the exit status."""
+    if config.frontends > 1:
+        from inferd.server.ipc.supervisor import Supervisor
+
+        return Supervisor(config).run()
     server = InferenceServer(config)
     if config.use_uvloop:
         try:
@@ -276,5 +311,6 @@ def run(config: ServerConfig) -> None:
             logger.info("uvloop is not installed: using asyncio's event loop")
         else:
             uvloop.run(server.serve())
-            return
+            return 0
     asyncio.run(server.serve())
+    return 0

@@ -115,6 +115,31 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         help="set SO_REUSEPORT so several servers can share the port (off: a busy port fails)",
     )
     serve.add_argument(
+        "--frontends",
+        type=int,
+        default=_DEFAULTS.frontends,
+        metavar="N",
+        help="gRPC front processes sharing the port; 2 or more starts a supervisor, one "
+        "engine process (models, batching, statistics, /metrics) and N front processes "
+        "(gRPC, decoding) that pass tensors over 64 KiB through shared memory "
+        "(%(default)s: everything in one process)",
+    )
+    serve.add_argument(
+        "--frontend-ring-mib",
+        type=int,
+        default=_DEFAULTS.ring_bytes // 2**20,
+        metavar="MIB",
+        help="with --frontends >= 2: each front process's shared-memory ring per "
+        "direction, in /dev/shm; requests wait for room (until their deadline) when it is "
+        "full (%(default)s)",
+    )
+    serve.add_argument(
+        "--exit-on-engine-failure",
+        action="store_true",
+        help="with --frontends >= 2: stop the server when the engine process dies, for an "
+        "orchestrator to restart (default: restart the engine, with backoff)",
+    )
+    serve.add_argument(
         "--no-uvloop", action="store_true", help="use asyncio's own event loop instead of uvloop"
     )
     serve.add_argument(
@@ -163,6 +188,9 @@ def _serve(args: argparse.Namespace) -> int:
         use_uvloop=not args.no_uvloop,
         gil_switch_interval_s=args.gil_switch_interval,
         allow_client_shm=args.allow_client_shm,
+        frontends=args.frontends,
+        ring_bytes=args.frontend_ring_mib * 2**20,
+        exit_on_engine_failure=args.exit_on_engine_failure,
     )
     logging.basicConfig(
         level=config.log_level.upper(),
@@ -170,12 +198,16 @@ def _serve(args: argparse.Namespace) -> int:
     )
     from inferd.engines import EngineError
 
+    if config.frontends < 1 or config.ring_bytes < 2**20:
+        logging.getLogger("inferd.server").error(
+            "--frontends must be >= 1 and --frontend-ring-mib >= 1"
+        )
+        return 2
     try:
-        run(config)
+        return run(config)
     except (OSError, EngineError, ValueError) as exc:
         logging.getLogger("inferd.server").error("%s", exc)
         return 1
-    return 0
 
 
 def _models(args: argparse.Namespace) -> int:

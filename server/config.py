@@ -34,6 +34,11 @@ class ServerConfig:
     gil_switch_interval_s: float | None = None
     # Triton's system shared memory: clients on this machine register /dev/shm objects.
     allow_client_shm: bool = False
+    # >= 2: a supervisor, one engine process and this many gRPC front processes sharing
+    # the port (SO_REUSEPORT); 1: everything in this process.
+    frontends: int = 1
+    ring_bytes: int = 64 * 1024 * 1024  # each shared-memory ring, per front and direction
+    exit_on_engine_failure: bool = False  # a dead engine stops the server (for Kubernetes)
 
     def addresses(self) -> list[str]:
         addresses = []

@@ -189,6 +189,17 @@ class RequestTrace:
         )
         span.end(end_time=_epoch(end_ns))
 
+    def reference(self) -> tuple[str, str, bool, int]:
+        """What another process needs to continue this request's trace: the trace and
+        span ids (hex), whether it is sampled, and when the RPC began."""
+        context = self.span.get_span_context()
+        return (
+            trace.format_trace_id(context.trace_id),
+            trace.format_span_id(context.span_id),
+            context.trace_flags.sampled,
+            self.started_ns,
+        )
+
     def end(self, error: BaseException | None, encode_start_ns: int | None) -> None:
         now = time.perf_counter_ns()
         if encode_start_ns is not None:
@@ -257,6 +268,19 @@ class Tracing:
         if not span.is_recording():
             return None
         return RequestTrace(self._tracer, span, started_ns)
+
+    def remote_request(
+        self, trace_id: str, span_id: str, sampled: bool, started_ns: int
+    ) -> RequestTrace:
+        """A request traced by a front process (``RequestTrace.reference`` there): this
+        process's phase spans become children of that process's request span."""
+        context = trace.SpanContext(
+            int(trace_id, 16),
+            int(span_id, 16),
+            is_remote=True,
+            trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED if sampled else 0),
+        )
+        return RequestTrace(self._tracer, trace.NonRecordingSpan(context), started_ns)
 
     def on_batch(self, record: BatchRecord) -> None:
         links = []

@@ -1,0 +1,399 @@
+"""The engine process: models, schedulers, instances and their statistics, serving the
+front processes over a Unix socket.
+
+Its event loop only moves messages: each request becomes a task awaiting the engine,
+whose batching and model work run on the instance threads as in one process. Inputs
+larger than the inline limit are read in place from the front's request ring (zero
+copy: the instance's gather is the one copy); large outputs are written once into the
+front's response ring. The repository poll loop (poll mode) and the /metrics endpoint
+live here, since the models and their statistics do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import signal
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from inferd.engines import (
+    EngineError,
+    ErrorCode,
+    ErrorResponse,
+    InferRequest,
+    InferResponse,
+    InProcessEngineClient,
+    InputTensor,
+    RequestedOutput,
+)
+from inferd.protos import model_config_pb2
+from inferd.protos.datatypes import NUMPY_DTYPES, decode_bytes_tensor, encode_bytes_tensor
+from inferd.server.app import apply_switch_interval, tracing_from_config
+from inferd.server.config import ServerConfig
+from inferd.server.ipc import messages as m
+from inferd.server.ipc.channel import Channel
+from inferd.server.ipc.process import prepare_child, run_loop
+from inferd.server.ipc.ring import RingAllocator, Segment, segment_name
+from inferd.server.metrics import MetricsServer
+from inferd.server.model_control import ModelControl, ModelControlMode, startup_models
+
+if TYPE_CHECKING:
+    from inferd.server.tracing import Tracing
+
+logger = logging.getLogger("inferd.engine_process")
+
+# A decoupled model's responses in flight to a front before it must say it took some.
+STREAM_WINDOW = 64
+
+
+@dataclass(frozen=True, slots=True)
+class EngineRuntime:
+    socket_path: Path
+    owner_pid: int  # the supervisor's: names every shared-memory segment of this server
+    generation: int  # this engine's incarnation (restarts count up)
+    ring_bytes: int  # each ring's size, per front process and direction
+
+
+def engine_main(config: ServerConfig, runtime: EngineRuntime, events: Connection) -> None:
+    """The spawned engine process's entry point; tells the supervisor "ready" on
+    ``events`` once front processes can connect."""
+    prepare_child("engine", config.log_level, runtime.owner_pid)
+    run_loop(EngineProcess(config, runtime, events).serve(), config.use_uvloop)
+
+
+class _PublishingClient(InProcessEngineClient):
+    """Tells every front process when the models change, whoever changed them (a front's
+    load or unload, or the poll loop), before that change's caller hears back."""
+
+    def __init__(self, *args: object, publish: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._publish = publish
+
+    async def load_model(
+        self,
+        name: str,
+        directory: Path,
+        config: model_config_pb2.ModelConfig | None = None,
+        cleanup: Path | None = None,
+    ) -> None:
+        try:
+            await super().load_model(name, directory, config, cleanup)
+        finally:
+            self._publish()  # type: ignore[operator]
+
+    async def unload_model(self, name: str) -> None:
+        try:
+            await super().unload_model(name)
+        finally:
+            self._publish()  # type: ignore[operator]
+
+
+class EngineProcess:
+    def __init__(self, config: ServerConfig, runtime: EngineRuntime, events: Connection) -> None:
+        self.config = config
+        self.runtime = runtime
+        self._events = events
+        self.tracing: Tracing | None = None
+        self.fronts: set[FrontConnection] = set()
+        self._stop = asyncio.Event()
+        self.client: _PublishingClient | None = None
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self._stop.set)
+        config = self.config
+        self.tracing = tracing_from_config(config)
+        mode = ModelControlMode(config.model_control_mode)
+        repository = config.model_repository
+        assert repository is not None  # the supervisor resolved it
+        self.client = _PublishingClient(
+            repository,
+            self.tracing,
+            startup_models(mode, config.load_models),
+            publish=self.publish_catalog,
+        )
+        control = ModelControl(self.client, repository, mode, config.repository_poll_secs)
+        await control.start()
+        await self.client.start()
+        control.start_polling()
+        metrics = None
+        if config.metrics_port is not None:
+            engine = self.client.engine
+            metrics = MetricsServer(
+                lambda: engine.statistics("", None), config.host, config.metrics_port
+            )
+            port = metrics.start()
+            logger.info("metrics on http://%s:%d/metrics", config.host, port)
+        await apply_switch_interval(config, self.client)
+        self.runtime.socket_path.unlink(missing_ok=True)  # a crashed predecessor's
+        server = await loop.create_unix_server(
+            lambda: FrontConnection(self).channel, path=str(self.runtime.socket_path)
+        )
+        logger.info("engine serving front processes on %s", self.runtime.socket_path)
+        self._events.send("ready")
+        try:
+            await self._stop.wait()
+        finally:
+            logger.info("engine stopping")
+            server.close()
+            for front in list(self.fronts):
+                front.channel.close()
+            await control.stop()
+            if metrics is not None:
+                metrics.stop()
+            await self.client.close()
+            if self.tracing is not None:
+                await asyncio.to_thread(self.tracing.shutdown)
+            self.runtime.socket_path.unlink(missing_ok=True)
+            logger.info("engine stopped")
+
+    def publish_catalog(self) -> None:
+        assert self.client is not None
+        message = m.Catalog(m.to_wire_catalog(self.client.engine.catalog()))
+        for front in self.fronts:
+            if front.welcomed:
+                front.channel.send(message)
+
+
+class FrontConnection:
+    """One front process's connection: its requests in flight and its two rings."""
+
+    def __init__(self, process: EngineProcess) -> None:
+        self._process = process
+        assert process.client is not None
+        self._client = process.client
+        self.channel: Channel[m.FrontMessage] = Channel(
+            m.FrontMessage, self._on_message, self._on_closed
+        )
+        self.welcomed = False
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._windows: dict[int, asyncio.Semaphore] = {}
+        self._request_ring: Segment | None = None
+        self._response_ring: Segment | None = None
+        self._responses: RingAllocator | None = None
+        self._name = "front"
+        process.fronts.add(self)
+
+    # --- messages ------------------------------------------------------------------------
+
+    def _on_message(self, message: m.FrontMessage) -> None:
+        if isinstance(message, m.Infer):
+            self._start(message)
+        elif isinstance(message, m.Release):
+            self._release(message.offsets)
+        elif isinstance(message, m.Abort):
+            task = self._tasks.get(message.key)
+            if task is not None:
+                task.cancel()
+        elif isinstance(message, m.Credit):
+            window = self._windows.get(message.key)
+            if window is not None:
+                for _ in range(message.count):
+                    window.release()
+        elif isinstance(message, m.Hello):
+            self._welcome(message)
+        else:
+            asyncio.get_running_loop().create_task(self._call(message))
+
+    def _welcome(self, hello: m.Hello) -> None:
+        runtime = self._process.runtime
+        self._name = f"front {hello.front_id} (epoch {hello.epoch}, pid {hello.pid})"
+        label = f"e{runtime.generation}-f{hello.front_id}-{hello.epoch}"
+        try:
+            self._request_ring = Segment.create(
+                segment_name(runtime.owner_pid, f"{label}-req"), runtime.ring_bytes
+            )
+            self._response_ring = Segment.create(
+                segment_name(runtime.owner_pid, f"{label}-rsp"), runtime.ring_bytes
+            )
+        except (OSError, ValueError):
+            logger.exception("cannot create the shared-memory rings for %s", self._name)
+            self.channel.close()
+            return
+        self._responses = RingAllocator(self._response_ring.size)
+        assert self._process.client is not None
+        self.channel.send(
+            m.Welcome(
+                self._request_ring.name,
+                self._response_ring.name,
+                self._request_ring.size,
+                m.to_wire_catalog(self._process.client.engine.catalog()),
+            )
+        )
+        self.welcomed = True
+        logger.info("%s connected", self._name)
+
+    def _on_closed(self, exc: Exception | None) -> None:
+        self._process.fronts.discard(self)
+        for task in self._tasks.values():
+            task.cancel()
+        for ring in (self._request_ring, self._response_ring):
+            if ring is not None:
+                # The name goes now; the memory once the last in-flight view of it dies.
+                ring.unlink()
+                ring.close()
+        if self.welcomed:
+            logger.info("%s disconnected: %d request(s) dropped", self._name, len(self._tasks))
+
+    def _release(self, offsets: list[int]) -> None:
+        assert self._responses is not None
+        for offset in offsets:
+            try:
+                self._responses.free(offset)
+            except KeyError:  # a confused front must not take the engine down
+                logger.error("%s released an unknown response extent %d", self._name, offset)
+
+    # --- requests ------------------------------------------------------------------------
+
+    def _start(self, message: m.Infer) -> None:
+        try:
+            request = self._request(message)
+        except EngineError as exc:
+            self.channel.send(m.Failure(message.key, exc.code, exc.message, True, True))
+            return
+        except ValueError as exc:  # inputs the front encoded wrongly: a bug, not the client's
+            self.channel.send(m.Failure(message.key, ErrorCode.INTERNAL, str(exc), True, True))
+            return
+        if message.stream:
+            self._windows[message.key] = asyncio.Semaphore(STREAM_WINDOW)
+        self._tasks[message.key] = asyncio.get_running_loop().create_task(
+            self._run(message.key, request, message.stream)
+        )
+
+    def _request(self, message: m.Infer) -> InferRequest:
+        trace = None
+        tracing = self._process.tracing
+        if message.trace is not None and tracing is not None:
+            ref = message.trace
+            trace = tracing.remote_request(ref.trace_id, ref.span_id, ref.sampled, ref.started_ns)
+        return InferRequest(
+            model_name=message.model,
+            model_version=None if message.version < 0 else message.version,
+            inputs=[self._input(tensor) for tensor in message.inputs],
+            requested_outputs=tuple(
+                RequestedOutput(name, class_count) for name, class_count in message.outputs
+            ),
+            request_id=message.request_id,
+            parameters=message.parameters,
+            deadline=message.deadline,
+            trace=trace,
+        )
+
+    def _input(self, tensor: m.Tensor) -> InputTensor:
+        data: memoryview | np.ndarray | None = tensor.data
+        if data is None:
+            ring = self._request_ring
+            if ring is None or not 0 <= tensor.offset <= ring.size - tensor.nbytes:
+                raise EngineError(
+                    ErrorCode.INTERNAL, f"input '{tensor.name}' lies outside the request ring"
+                )
+            data = ring.buffer[tensor.offset : tensor.offset + tensor.nbytes]
+        if tensor.elements >= 0:  # typed contents: checked by element count, as in-process
+            if tensor.datatype == "BYTES":
+                data = decode_bytes_tensor(data, tensor.elements)
+            else:
+                data = np.frombuffer(data, NUMPY_DTYPES[tensor.datatype], tensor.elements)
+        return InputTensor(tensor.name, tensor.datatype, tensor.shape, data)
+
+    async def _run(self, key: int, request: InferRequest, stream: bool) -> None:
+        try:
+            if stream:
+                await self._run_stream(key, request)
+            else:
+                self._send_response(key, await self._client.infer(request))
+        except EngineError as exc:
+            self.channel.send(m.Failure(key, exc.code, exc.message, True, True))
+        except asyncio.CancelledError:
+            # An abort (or the front's end): the front frees the request's ring space
+            # when the key ends, so it always ends.
+            self.channel.send(m.Failure(key, ErrorCode.CANCELLED, "request aborted", True, True))
+        except Exception as exc:  # a bug: answer it, and keep serving the others
+            logger.exception("request for model '%s' failed", request.model_name)
+            self.channel.send(m.Failure(key, ErrorCode.INTERNAL, repr(exc), True, True))
+        finally:
+            self._tasks.pop(key, None)
+            self._windows.pop(key, None)
+
+    async def _run_stream(self, key: int, request: InferRequest) -> None:
+        window = self._windows[key]
+        async for item in self._client.infer_stream(request):
+            await window.acquire()  # the front is this many responses behind: wait
+            if isinstance(item, ErrorResponse):
+                error = item.error
+                self.channel.send(m.Failure(key, error.code, error.message, item.final, False))
+            else:
+                self._send_response(key, item)
+
+    def _send_response(self, key: int, response: InferResponse) -> None:
+        self.channel.send(
+            m.Result(
+                key,
+                response.model_name,
+                response.model_version,
+                response.request_id,
+                [
+                    self._output(output.name, output.datatype, output.data)
+                    for output in response.outputs
+                ],
+                response.final,
+            )
+        )
+
+    def _output(self, name: str, datatype: str, array: np.ndarray) -> m.Tensor:
+        if datatype == "BYTES":
+            raw = np.frombuffer(encode_bytes_tensor(array), np.uint8)
+        else:
+            raw = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+        nbytes = raw.nbytes
+        responses = self._responses
+        if nbytes > m.INLINE_LIMIT and responses is not None and nbytes <= responses.capacity:
+            offset = responses.allocate(nbytes)
+            if offset is not None:  # a full ring answers inline: slower, never stuck
+                assert self._response_ring is not None
+                target = np.frombuffer(self._response_ring.buffer, np.uint8, nbytes, offset)
+                target[:] = raw
+                return m.Tensor(name, datatype, array.shape, None, offset, nbytes)
+        inline = raw.data
+        return m.Tensor(name, datatype, array.shape, inline)
+
+    # --- control calls -------------------------------------------------------------------
+
+    async def _call(self, call: m.FrontMessage) -> None:
+        client = self._client
+        reply = m.Reply(getattr(call, "call", 0))
+        try:
+            if isinstance(call, m.StatisticsCall):
+                version = None if call.version < 0 else call.version
+                reply.statistics = [
+                    dataclasses.replace(snapshot, failures=dict(snapshot.failures))
+                    for snapshot in await client.statistics(call.name, version)
+                ]
+            elif isinstance(call, m.IndexCall):
+                reply.index = await client.repository_index(call.ready_only)
+            elif isinstance(call, m.LoadCall):
+                config = None
+                if call.config is not None:
+                    config = model_config_pb2.ModelConfig.FromString(call.config)
+                cleanup = Path(call.cleanup) if call.cleanup is not None else None
+                await client.load_model(call.name, Path(call.directory), config, cleanup)
+            elif isinstance(call, m.UnloadCall):
+                await client.unload_model(call.name)
+            else:
+                raise EngineError(ErrorCode.INTERNAL, f"unexpected message {type(call).__name__}")
+        except EngineError as exc:
+            reply.code, reply.message = exc.code, exc.message
+        except Exception as exc:
+            logger.exception("control call from %s failed", self._name)
+            reply.code, reply.message = ErrorCode.INTERNAL, repr(exc)
+        try:
+            self.channel.send(reply)
+        except Exception as exc:  # a value msgpack cannot carry: a bug, but answer it
+            logger.exception("cannot send the answer to a control call")
+            self.channel.send(m.Reply(reply.call, code=ErrorCode.INTERNAL, message=repr(exc)))

@@ -1,0 +1,226 @@
+"""The typed messages between front processes and the engine process.
+
+msgpack through msgspec: compact arrays tagged by type, decoded straight into these
+structs (never pickle: a message can only ever become one of these types). Tensor bytes
+up to ``INLINE_LIMIT`` travel inside the message, decoded as views into the received
+frame; larger ones are written once into the sender's shared-memory ring and the message
+carries only where (``offset``, ``nbytes``).
+
+Keys: a request's ``key`` is unique within one connection, and a connection is one front
+process's epoch, so (front, epoch, key) is unique across front processes and restarts.
+The client's request id travels only to be echoed.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import msgspec
+
+from inferd.engines.catalog import CatalogEntry, ModelInfo
+from inferd.engines.errors import ErrorCode
+from inferd.engines.statistics import StatisticsSnapshot
+from inferd.engines.types import ModelIndexEntry, ParameterValue
+from inferd.engines.validation import TensorSpec
+from inferd.protos import model_config_pb2
+
+# Larger tensors go through the ring: below this, a copy into the message costs less
+# than the bookkeeping of an extent (measured: issue 7's note, ZeroMQ vs ring).
+INLINE_LIMIT = 64 * 1024
+
+
+class Tensor(msgspec.Struct, array_like=True, gc=False):
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: memoryview | None  # inline bytes; None: in the sender's ring
+    offset: int = 0  # ring extent, when data is None
+    nbytes: int = 0
+    # >= 0: typed contents (their element count, BYTES length-prefixed), which the engine
+    # checks as such; -1: the wire's raw bytes.
+    elements: int = -1
+
+
+class TraceRef(msgspec.Struct, array_like=True, gc=False):
+    """The front's request span, for the engine's spans to join: W3C ids in hex."""
+
+    trace_id: str
+    span_id: str
+    sampled: bool
+    started_ns: int  # time.perf_counter_ns() when the RPC began (CLOCK_MONOTONIC: shared)
+
+
+# --- front -> engine --------------------------------------------------------------------
+
+
+class Hello(msgspec.Struct, array_like=True, tag=1):
+    front_id: int
+    epoch: int
+    pid: int
+
+
+class Infer(msgspec.Struct, array_like=True, tag=2, gc=False):
+    key: int
+    model: str
+    version: int  # -1: the newest
+    request_id: str
+    inputs: list[Tensor]
+    outputs: list[tuple[str, int]]  # (name, class_count); empty: all
+    parameters: dict[str, ParameterValue]
+    deadline: float | None  # absolute time.monotonic(), valid in every process here
+    trace: TraceRef | None
+    stream: bool  # answered by several Results (ModelStreamInfer)
+
+
+class Abort(msgspec.Struct, array_like=True, tag=3):
+    """The client went away: drop the request. Idempotent; the engine still ends the
+    key with a Failure, which frees the request's ring extents."""
+
+    key: int
+
+
+class Credit(msgspec.Struct, array_like=True, tag=4):
+    """A stream's consumer took ``count`` more responses: the engine may send as many."""
+
+    key: int
+    count: int
+
+
+class Release(msgspec.Struct, array_like=True, tag=5):
+    """Response-ring extents the front has finished reading."""
+
+    offsets: list[int]
+
+
+class StatisticsCall(msgspec.Struct, array_like=True, tag=6):
+    call: int
+    name: str
+    version: int  # -1: every version
+
+
+class IndexCall(msgspec.Struct, array_like=True, tag=7):
+    call: int
+    ready_only: bool
+
+
+class LoadCall(msgspec.Struct, array_like=True, tag=8):
+    call: int
+    name: str
+    directory: str
+    config: bytes | None  # a serialized ModelConfig override
+    cleanup: str | None  # a private directory of uploaded files, the engine's from now on
+
+
+class UnloadCall(msgspec.Struct, array_like=True, tag=9):
+    call: int
+    name: str
+
+
+# --- engine -> front --------------------------------------------------------------------
+
+
+class WireModelInfo(msgspec.Struct, array_like=True):
+    name: str
+    version: int
+    platform: str
+    max_batch_size: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    config: bytes
+
+
+class WireCatalogEntry(msgspec.Struct, array_like=True):
+    name: str
+    versions: list[WireModelInfo]
+    failed_versions: tuple[str, ...]
+
+
+class Welcome(msgspec.Struct, array_like=True, tag=20):
+    request_ring: str  # the front writes, the engine reads
+    response_ring: str  # the engine writes, the front reads
+    ring_bytes: int
+    catalog: list[WireCatalogEntry]
+
+
+class Catalog(msgspec.Struct, array_like=True, tag=21):
+    """The models changed (a load or unload): every front replaces its catalog."""
+
+    entries: list[WireCatalogEntry]
+
+
+class Result(msgspec.Struct, array_like=True, tag=22, gc=False):
+    key: int
+    model: str
+    version: int
+    request_id: str
+    outputs: list[Tensor]  # in the model's order; response-ring extents the front releases
+    final: bool  # the request's last response
+
+
+class Failure(msgspec.Struct, array_like=True, tag=23):
+    key: int
+    code: ErrorCode
+    message: str
+    final: bool  # a streamed error that ends the request
+    raised: bool  # the request failed before the model answered (ends it)
+
+
+class Reply(msgspec.Struct, array_like=True, tag=24):
+    """A control call's answer: its value, or the error it raised."""
+
+    call: int
+    statistics: list[StatisticsSnapshot] | None = None
+    index: list[ModelIndexEntry] | None = None
+    code: ErrorCode | None = None  # the call failed
+    message: str = ""
+
+
+FrontMessage = Union[  # noqa: UP007 (msgspec reads the union at runtime on Python 3.10)
+    Hello, Infer, Abort, Credit, Release, StatisticsCall, IndexCall, LoadCall, UnloadCall
+]
+EngineMessage = Union[Welcome, Catalog, Result, Failure, Reply]  # noqa: UP007
+
+
+def to_wire_catalog(entries: tuple[CatalogEntry, ...]) -> list[WireCatalogEntry]:
+    return [
+        WireCatalogEntry(
+            entry.name,
+            [
+                WireModelInfo(
+                    info.name,
+                    info.version,
+                    info.platform,
+                    info.max_batch_size,
+                    info.inputs,
+                    info.outputs,
+                    info.config.SerializeToString(),
+                )
+                for info in entry.versions
+            ],
+            entry.failed_versions,
+        )
+        for entry in entries
+    ]
+
+
+def from_wire_catalog(entries: list[WireCatalogEntry]) -> list[CatalogEntry]:
+    return [
+        CatalogEntry(
+            entry.name,
+            tuple(
+                ModelInfo(
+                    name=info.name,
+                    version=info.version,
+                    ready_versions=(info.version,),
+                    platform=info.platform,
+                    max_batch_size=info.max_batch_size,
+                    inputs=info.inputs,
+                    outputs=info.outputs,
+                    config=model_config_pb2.ModelConfig.FromString(info.config),
+                )
+                for info in entry.versions
+            ),
+            entry.failed_versions,
+        )
+        for entry in entries
+    ]
