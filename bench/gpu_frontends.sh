@@ -6,7 +6,9 @@
 # Results land in $OUT (the device tool's folder; /tmp/gpu-frontends elsewhere).
 #
 #   here:  pip wheel --no-deps -w .whl . && pip download --no-deps -d .whl \
-#            grpcio-health-checking==1.76.0 grpcio-reflection==1.76.0
+#            grpcio-health-checking==1.76.0 grpcio-reflection==1.76.0 && \
+#          pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#            --platform manylinux2014_x86_64 -d .whl msgspec   # the device has Python 3.12
 #   there: bash bench/gpu_frontends.sh [gpu_frontends.py options]
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-frontends}
