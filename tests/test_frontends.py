@@ -516,8 +516,8 @@ def test_streaming_answers_as_single_process(
 
 
 def test_statistics_and_metrics_count_requests_from_every_front(fronts: ServerProcess) -> None:
-    count = 24
-    with Connections(fronts.address) as ours:
+    count = 32
+    with Connections(fronts.address, 16) as ours:  # all on one front: odds 2**-15
         for index in range(count):
             request = _raw_request("unbatched", "FP32", [3], bytes(12), f"stats-{index}")
             ours.next().ModelInfer(request, timeout=RPC_TIMEOUT_S)
@@ -608,7 +608,8 @@ def _works(server: ServerProcess, prefix: str, count: int = CONNECTIONS) -> None
 
 def test_a_killed_front_process_is_restarted(launch: Launch, repository: Path) -> None:
     server = launch(repository, "--frontends", "2", "--frontend-ring-mib", "1")
-    pool, futures, connections = _in_flight(server, "doomed", CONNECTIONS, 2000)
+    # Long enough that the victim's requests are still running when it dies.
+    pool, futures, connections = _in_flight(server, "doomed", CONNECTIONS, 5000)
     with pool, connections:
         served = _served_by(server, "doomed")
         victim = "front-0" if "front-0" in served else "front-1"
