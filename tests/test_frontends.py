@@ -561,7 +561,8 @@ def test_a_full_ring_rejects_instead_of_hanging(fronts: ServerProcess) -> None:
             else:
                 assert code == grpc.StatusCode.DEADLINE_EXCEEDED, (code, details)
         # Each front runs one such request at a time, each at least 1 s: not all 12 in 2.5 s.
-        assert failures, outcomes
+        # Those still waiting for ring space hear why, just before their deadline.
+        assert any(code == grpc.StatusCode.UNAVAILABLE for code, _ in failures), outcomes
         # The space comes back: a tensor of the whole ring goes through every connection.
         whole = RING_BYTES // 4
         for stub in ours.stubs:

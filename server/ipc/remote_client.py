@@ -47,6 +47,7 @@ logger = logging.getLogger("inferd.front")
 
 _ENGINE_GONE = "the engine process is not available (it is starting or restarting): retry"
 _RECONNECT_MAX_DELAY_S = 1.0
+_RING_WAIT_MARGIN_S = 0.05
 
 StreamItem: TypeAlias = InferResponse | ErrorResponse | EngineError
 
@@ -429,7 +430,11 @@ class RemoteEngineClient:
             offset = ring.allocate(nbytes)
             if offset is not None:
                 return offset
-            timeout = None if request.deadline is None else request.deadline - time.monotonic()
+            timeout = None
+            if request.deadline is not None:
+                # Give up a little before the deadline, so the client reads why rather
+                # than its own DEADLINE_EXCEEDED.
+                timeout = request.deadline - _RING_WAIT_MARGIN_S - time.monotonic()
             if timeout is not None and timeout <= 0:
                 raise EngineError(
                     ErrorCode.UNAVAILABLE,
