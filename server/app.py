@@ -28,6 +28,7 @@ from inferd.engines import (
 )
 from inferd.engines.executor import GPU_GIL_SWITCH_INTERVAL_S
 from inferd.protos import grpc_service_pb2_grpc, model_config_pb2
+from inferd.server.allocator import tune_malloc
 from inferd.server.config import ServerConfig
 from inferd.server.health import HealthServicer
 from inferd.server.metrics import MetricsServer
@@ -303,6 +304,7 @@ def run(config: ServerConfig) -> int:
         from inferd.server.ipc.supervisor import Supervisor
 
         return Supervisor(config).run()
+    tune_malloc()
     server = InferenceServer(config)
     if config.use_uvloop:
         try:

@@ -775,10 +775,15 @@ def _check_exported(spans: Sequence[ReceivedSpan]) -> None:
     assert shared[0].attributes["inferd.batch.requests"] == 3
 
 
-def test_serve_exports_spans_over_otlp_grpc(repository: Path) -> None:
+@pytest.mark.parametrize("frontends", ["1", "2"])
+def test_serve_exports_spans_over_otlp_grpc(repository: Path, frontends: str) -> None:
+    """With several front processes the engine's phase and batch spans are exported by
+    the engine process, joined to the front process's request span."""
     with OtlpGrpcReceiver() as receiver:
         server = ServerProcess(
             repository,
+            "--frontends",
+            frontends,
             env={
                 "OTEL_TRACES_EXPORTER": "otlp",
                 "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,

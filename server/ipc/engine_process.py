@@ -15,6 +15,7 @@ import asyncio
 import dataclasses
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from inferd.engines import (
+    BatchObserver,
     EngineError,
     ErrorCode,
     ErrorResponse,
@@ -71,8 +73,14 @@ class _PublishingClient(InProcessEngineClient):
     """Tells every front process when the models change, whoever changed them (a front's
     load or unload, or the poll loop), before that change's caller hears back."""
 
-    def __init__(self, *args: object, publish: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        repository: Path,
+        observer: BatchObserver | None,
+        startup_models: tuple[str, ...] | None,
+        publish: Callable[[], None],
+    ) -> None:
+        super().__init__(repository, observer, startup_models)
         self._publish = publish
 
     async def load_model(
@@ -85,13 +93,13 @@ class _PublishingClient(InProcessEngineClient):
         try:
             await super().load_model(name, directory, config, cleanup)
         finally:
-            self._publish()  # type: ignore[operator]
+            self._publish()
 
     async def unload_model(self, name: str) -> None:
         try:
             await super().unload_model(name)
         finally:
-            self._publish()  # type: ignore[operator]
+            self._publish()
 
 
 class EngineProcess:
@@ -117,7 +125,7 @@ class EngineProcess:
             repository,
             self.tracing,
             startup_models(mode, config.load_models),
-            publish=self.publish_catalog,
+            self.publish_catalog,
         )
         control = ModelControl(self.client, repository, mode, config.repository_poll_secs)
         await control.start()
@@ -203,6 +211,10 @@ class FrontConnection:
             asyncio.get_running_loop().create_task(self._call(message))
 
     def _welcome(self, hello: m.Hello) -> None:
+        if self._request_ring is not None:
+            logger.error("%s said hello twice: dropping it", self._name)
+            self.channel.close()
+            return
         runtime = self._process.runtime
         self._name = f"front {hello.front_id} (epoch {hello.epoch}, pid {hello.pid})"
         label = f"e{runtime.generation}-f{hello.front_id}-{hello.epoch}"

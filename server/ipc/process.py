@@ -11,11 +11,13 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
+from inferd.server.allocator import tune_malloc
+
 _PR_SET_PDEATHSIG = 1
 
 
 def prepare_child(role: str, log_level: str, parent_pid: int) -> None:
-    """Die with the supervisor (even on its SIGKILL), and log as ``role``."""
+    """Die with the supervisor (even on its SIGKILL), tune malloc, and log as ``role``."""
     # A terminal's Ctrl-C reaches the supervisor only: it stops the children in order.
     os.setpgid(0, 0)
     if sys.platform == "linux":
@@ -23,6 +25,7 @@ def prepare_child(role: str, log_level: str, parent_pid: int) -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent_pid:  # the supervisor died before prctl took effect
             os._exit(1)
+    tune_malloc()
     logging.basicConfig(
         level=log_level.upper(),
         format=f"%(asctime)s %(levelname)s {role}[%(process)d] %(name)s: %(message)s",

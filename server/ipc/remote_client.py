@@ -335,7 +335,8 @@ class RemoteEngineClient:
                 item = await queue.get()
                 if isinstance(item, EngineError):
                     raise item
-                connection.channel.send(m.Credit(key, 1))
+                if not item.final:
+                    connection.channel.send(m.Credit(key, 1))
                 yield item
                 if item.final:
                     return

@@ -266,6 +266,9 @@ class Supervisor:
     def _shutdown(self) -> None:
         """Front processes drain (health NOT_SERVING, in-flight requests finish), then the
         engine finishes and releases its models."""
+        for front in self._fronts:
+            if front.process is not None and not front.ready:
+                front.process.kill()  # never served (still waiting for the engine): no drain
         fronts = [front.process for front in self._fronts if front.process is not None]
         self._stop(fronts, self.config.grace_period_s + 5.0)
         if self._engine.process is not None:
