@@ -105,6 +105,7 @@ class InferenceServer:
         config: ServerConfig,
         engine: EngineClient | None = None,
         tracing: Tracing | None = None,
+        shared_memory: SystemSharedMemoryRegistry | None = None,
     ) -> None:
         self.config = config
         self._engine = engine
@@ -113,7 +114,7 @@ class InferenceServer:
         self._health = HealthServicer()
         self._servicer: InferenceServicer | None = None
         self._control: ModelControl | None = None
-        self._shared_memory = SystemSharedMemoryRegistry(
+        self._shared_memory = shared_memory or SystemSharedMemoryRegistry(
             enabled=config.allow_client_shm, max_request_bytes=config.max_message_bytes
         )
         self.addresses: list[str] = []

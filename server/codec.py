@@ -225,6 +225,16 @@ def uses_shared_memory(request: pb.ModelInferRequest) -> bool:
     )
 
 
+def shared_memory_regions(request: pb.ModelInferRequest) -> set[str]:
+    """The regions a request names (parameters not yet checked: decoding does that)."""
+    names = set()
+    for tensor in (*request.inputs, *request.outputs):
+        parameter = tensor.parameters.get("shared_memory_region")
+        if parameter is not None:
+            names.add(parameter.string_param)
+    return names
+
+
 def decode_infer_request(
     request: pb.ModelInferRequest,
     deadline: float | None,

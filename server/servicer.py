@@ -18,6 +18,7 @@ from inferd.server.codec import (
     decode_infer_request,
     encode_infer_response,
     parse_version,
+    shared_memory_regions,
     uses_shared_memory,
 )
 from inferd.server.model_control import ModelControl
@@ -173,6 +174,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
         off_loop = uses_shared_memory(request)  # region reads and writes are file I/O
+        if off_loop:
+            await self._shm.prepare(shared_memory_regions(request))
         if self._tracing is None:
             with self._shm.request() as regions:
                 response = await self._engine.infer(
@@ -243,7 +246,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def SystemSharedMemoryRegister(
         self, request: pb.SystemSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext
     ) -> pb.SystemSharedMemoryRegisterResponse:
-        self._shm.register(request.name, request.key, request.offset, request.byte_size)
+        await self._shm.register_region(
+            request.name, request.key, request.offset, request.byte_size
+        )
         return pb.SystemSharedMemoryRegisterResponse()
 
     @maps_engine_errors
@@ -251,7 +256,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.SystemSharedMemoryStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.SystemSharedMemoryStatusResponse:
         response = pb.SystemSharedMemoryStatusResponse()
-        for region in self._shm.status(request.name):
+        for region in await self._shm.region_status(request.name):
             status = response.regions[region.name]
             status.name, status.key = region.name, region.key
             status.offset, status.byte_size = region.offset, region.byte_size
@@ -261,7 +266,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def SystemSharedMemoryUnregister(
         self, request: pb.SystemSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext
     ) -> pb.SystemSharedMemoryUnregisterResponse:
-        self._shm.unregister(request.name)
+        await self._shm.unregister_region(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()
 
     @maps_engine_errors

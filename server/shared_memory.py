@@ -17,6 +17,7 @@ Hardened against the client that owns the object, which may be hostile or merely
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import stat
@@ -218,6 +219,25 @@ class SystemSharedMemoryRegistry:
         with self._lock:
             self._closed = True
         self.unregister("")
+
+    # --- the RPCs' side: async, so a front process can ask the engine process ----------
+
+    async def register_region(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        await asyncio.to_thread(self.register, name, key, offset, byte_size)  # opens a file
+
+    async def region_status(self, name: str) -> list[RegionStatus]:
+        return self.status(name)
+
+    async def unregister_region(self, name: str) -> None:
+        self.unregister(name)
+
+    async def prepare(self, names: set[str]) -> None:
+        """Before a request that names these regions is decoded: nothing to do here; a
+        front process's mirror fetches regions registered through another front."""
+
+    def names(self) -> set[str]:
+        with self._lock:
+            return set(self._regions)
 
     def _acquire(self, name: str, offset: int, byte_size: int, what: str) -> RegionSlice:
         if not self.enabled:

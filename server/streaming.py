@@ -25,7 +25,12 @@ import grpc
 
 from inferd.engines import EngineClient, EngineError, ErrorCode, ErrorResponse, InferResponse
 from inferd.protos import grpc_service_pb2 as pb
-from inferd.server.codec import decode_infer_request, encode_infer_response, uses_shared_memory
+from inferd.server.codec import (
+    decode_infer_request,
+    encode_infer_response,
+    shared_memory_regions,
+    uses_shared_memory,
+)
 from inferd.server.shared_memory import RequestRegions, SystemSharedMemoryRegistry
 from inferd.server.status import STATUS_BY_ERROR_CODE
 
@@ -161,6 +166,7 @@ class StreamCall:
     ) -> AsyncGenerator[pb.ModelStreamInferResponse | _Abort]:
         off_loop = uses_shared_memory(request)  # region reads and writes are file I/O
         if off_loop:
+            await self._shm.prepare(shared_memory_regions(request))
             engine_request = await asyncio.to_thread(decode_infer_request, request, None, regions)
         else:
             engine_request = decode_infer_request(request, None, regions)

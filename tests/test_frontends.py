@@ -19,6 +19,7 @@ import re
 import signal
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -710,16 +711,71 @@ def test_model_control_is_seen_by_every_front(launch: Launch, demo_repository: P
 # --- 11. refused flags -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "flags, message",
-    [
-        (("--allow-client-shm",), "--allow-client-shm needs --frontends 1"),
-        (("--unix-socket", "/tmp/inferd-test-frontends.sock"), "--unix-socket serves from one"),
-    ],
-)
-def test_single_process_flags_are_refused_with_several_fronts(
-    launch: Launch, demo_repository: Path, flags: tuple[str, ...], message: str
+def test_a_unix_socket_is_refused_with_several_fronts(
+    launch: Launch, demo_repository: Path
 ) -> None:
-    server = launch(demo_repository, "--frontends", "2", *flags, wait=False)
+    socket = "/tmp/inferd-test-frontends.sock"
+    server = launch(demo_repository, "--frontends", "2", "--unix-socket", socket, wait=False)
     assert server.wait(WAIT_S) != 0
-    assert message in server.log_text()
+    assert "--unix-socket serves from one" in server.log_text()
+
+
+# --- 12. client system shared memory across fronts ---------------------------------------
+
+
+def _shm_request(request_id: str, region: str) -> pb.ModelInferRequest:
+    """``simple``: both inputs and both outputs in one region (4 x 64 bytes)."""
+    request = pb.ModelInferRequest(model_name="simple", id=request_id)
+    for index, name in enumerate(("INPUT0", "INPUT1")):
+        tensor = request.inputs.add(name=name, datatype="INT32", shape=[1, 16])
+        tensor.parameters["shared_memory_region"].string_param = region
+        tensor.parameters["shared_memory_offset"].int64_param = 64 * index
+        tensor.parameters["shared_memory_byte_size"].int64_param = 64
+    for index, name in enumerate(("OUTPUT0", "OUTPUT1")):
+        output = request.outputs.add(name=name)
+        output.parameters["shared_memory_region"].string_param = region
+        output.parameters["shared_memory_offset"].int64_param = 128 + 64 * index
+        output.parameters["shared_memory_byte_size"].int64_param = 64
+    return request
+
+
+def test_shared_memory_registered_through_one_front_serves_every_front(
+    launch: Launch, demo_repository: Path
+) -> None:
+    server = launch(demo_repository, "--frontends", "2", "--allow-client-shm")
+    key = f"/inferd-test-{uuid.uuid4().hex}"
+    path = Path("/dev/shm") / key[1:]
+    values = np.arange(16, dtype=np.int32)
+    path.write_bytes(values.tobytes() + np.ones(16, np.int32).tobytes() + bytes(128))
+    try:
+        with Connections(server.address) as ours:
+            register = pb.SystemSharedMemoryRegisterRequest(
+                name="both", key=key, offset=0, byte_size=256
+            )
+            ours.stubs[0].SystemSharedMemoryRegister(register, timeout=RPC_TIMEOUT_S)
+            for index, stub in enumerate(ours.stubs):  # both fronts, right after
+                status = stub.SystemSharedMemoryStatus(
+                    pb.SystemSharedMemoryStatusRequest(), timeout=RPC_TIMEOUT_S
+                )
+                assert set(status.regions) == {"both"}
+                response = stub.ModelInfer(
+                    _shm_request(f"shm-{index}", "both"), timeout=RPC_TIMEOUT_S
+                )
+                assert [bytes(raw) for raw in response.raw_output_contents] == [b"", b""]
+                written = np.frombuffer(path.read_bytes()[128:], np.int32)
+                assert written[:16].tolist() == (values + 1).tolist()
+                assert written[16:].tolist() == (values - 1).tolist()
+            assert _served_by(server, "shm-") == {"front-0", "front-1"}
+            ours.stubs[1].SystemSharedMemoryUnregister(
+                pb.SystemSharedMemoryUnregisterRequest(name="both"), timeout=RPC_TIMEOUT_S
+            )
+            for stub in ours.stubs:  # gone from every front once unregister returned
+                code, details = _answer(
+                    lambda stub=stub: stub.ModelInfer(
+                        _shm_request("gone", "both"), timeout=RPC_TIMEOUT_S
+                    )
+                )
+                assert code == grpc.StatusCode.NOT_FOUND, (code, details)
+    finally:
+        path.unlink()
+    assert server.stop() == 0, server.log_text()

@@ -34,7 +34,7 @@ def _info(version: int) -> ModelInfo:
 def test_catalog_crosses_the_wire_and_answers_as_the_engine() -> None:
     entries = (CatalogEntry("m", (_info(1), _info(3)), ("2",)), CatalogEntry("empty", ()))
     wire = msgspec.msgpack.decode(
-        msgspec.msgpack.encode(m.Catalog(m.to_wire_catalog(entries))), type=m.EngineMessage
+        msgspec.msgpack.encode(m.Catalog(1, m.to_wire_catalog(entries))), type=m.EngineMessage
     )
     catalog = ModelCatalog(m.from_wire_catalog(wire.entries))
     newest = catalog.model_info("m", None)

@@ -15,7 +15,7 @@ import asyncio
 import dataclasses
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -44,6 +44,7 @@ from inferd.server.ipc.process import prepare_child, run_loop
 from inferd.server.ipc.ring import RingAllocator, Segment, segment_name
 from inferd.server.metrics import MetricsServer
 from inferd.server.model_control import ModelControl, ModelControlMode, startup_models
+from inferd.server.shared_memory import SystemSharedMemoryRegistry
 
 if TYPE_CHECKING:
     from inferd.server.tracing import Tracing
@@ -52,6 +53,8 @@ logger = logging.getLogger("inferd.engine_process")
 
 # A decoupled model's responses in flight to a front before it must say it took some.
 STREAM_WINDOW = 64
+# How long a load, unload or region change waits for every front to apply it.
+_APPLY_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +81,7 @@ class _PublishingClient(InProcessEngineClient):
         repository: Path,
         observer: BatchObserver | None,
         startup_models: tuple[str, ...] | None,
-        publish: Callable[[], None],
+        publish: Callable[[], Awaitable[None]],
     ) -> None:
         super().__init__(repository, observer, startup_models)
         self._publish = publish
@@ -93,13 +96,13 @@ class _PublishingClient(InProcessEngineClient):
         try:
             await super().load_model(name, directory, config, cleanup)
         finally:
-            self._publish()
+            await self._publish()
 
     async def unload_model(self, name: str) -> None:
         try:
             await super().unload_model(name)
         finally:
-            self._publish()
+            await self._publish()
 
 
 class EngineProcess:
@@ -111,6 +114,12 @@ class EngineProcess:
         self.fronts: set[FrontConnection] = set()
         self._stop = asyncio.Event()
         self.client: _PublishingClient | None = None
+        self._published = 0  # Catalog and Regions messages sent, in order
+        # Client system shared memory: the one registry all fronts mirror. The engine
+        # never reads a region; it checks each registration once, as the fronts will.
+        self.regions = SystemSharedMemoryRegistry(
+            enabled=config.allow_client_shm, max_request_bytes=config.max_message_bytes
+        )
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
@@ -157,17 +166,33 @@ class EngineProcess:
             if metrics is not None:
                 metrics.stop()
             await self.client.close()
+            self.regions.close()
             if self.tracing is not None:
                 await asyncio.to_thread(self.tracing.shutdown)
             self.runtime.socket_path.unlink(missing_ok=True)
             logger.info("engine stopped")
 
-    def publish_catalog(self) -> None:
+    async def publish_regions(self) -> None:
+        await self._publish(lambda seq: m.Regions(seq, self.regions.status("")))
+
+    async def publish_catalog(self) -> None:
         assert self.client is not None
-        message = m.Catalog(m.to_wire_catalog(self.client.engine.catalog()))
-        for front in self.fronts:
-            if front.welcomed:
-                front.channel.send(message)
+        catalog = m.to_wire_catalog(self.client.engine.catalog())
+        await self._publish(lambda seq: m.Catalog(seq, catalog))
+
+    async def _publish(self, make: Callable[[int], m.Catalog | m.Regions]) -> None:
+        """Send every front the change, and return once each has applied it (or gone):
+        a model unloaded, or a region unregistered, is then gone from every front."""
+        self._published += 1
+        message = make(self._published)
+        fronts = [front for front in self.fronts if front.welcomed]
+        for front in fronts:
+            front.channel.send(message)
+        waits = [front.applied(message.seq) for front in fronts]
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits), _APPLY_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            logger.warning("a front process did not apply change %d in time", message.seq)
 
 
 class FrontConnection:
@@ -187,7 +212,15 @@ class FrontConnection:
         self._response_ring: Segment | None = None
         self._responses: RingAllocator | None = None
         self._name = "front"
+        self._applied = 0  # the last Catalog/Regions seq this front applied
+        self._applied_changed = asyncio.Event()
         process.fronts.add(self)
+
+    async def applied(self, seq: int) -> None:
+        """Returns once this front has applied change ``seq``, or has gone."""
+        while self._applied < seq and not self.channel.closed:
+            self._applied_changed.clear()
+            await self._applied_changed.wait()
 
     # --- messages ------------------------------------------------------------------------
 
@@ -200,6 +233,9 @@ class FrontConnection:
             task = self._tasks.get(message.key)
             if task is not None:
                 task.cancel()
+        elif isinstance(message, m.Applied):
+            self._applied = max(self._applied, message.seq)
+            self._applied_changed.set()
         elif isinstance(message, m.Credit):
             window = self._windows.get(message.key)
             if window is not None:
@@ -237,6 +273,7 @@ class FrontConnection:
                 self._response_ring.name,
                 self._request_ring.size,
                 m.to_wire_catalog(self._process.client.engine.catalog()),
+                self._process.regions.status(""),
             )
         )
         self.welcomed = True
@@ -244,6 +281,7 @@ class FrontConnection:
 
     def _on_closed(self, exc: Exception | None) -> None:
         self._process.fronts.discard(self)
+        self._applied_changed.set()  # nobody waits for a front that is gone
         for task in self._tasks.values():
             task.cancel()
         for ring in (self._request_ring, self._response_ring):
@@ -397,6 +435,15 @@ class FrontConnection:
                 await client.load_model(call.name, Path(call.directory), config, cleanup)
             elif isinstance(call, m.UnloadCall):
                 await client.unload_model(call.name)
+            elif isinstance(call, m.RegisterRegionCall):
+                regions = self._process.regions
+                await regions.register_region(call.name, call.key, call.offset, call.byte_size)
+                await self._process.publish_regions()  # before the caller hears back
+            elif isinstance(call, m.UnregisterRegionCall):
+                await self._process.regions.unregister_region(call.name)
+                await self._process.publish_regions()
+            elif isinstance(call, m.RegionStatusCall):
+                reply.regions = await self._process.regions.region_status(call.name)
             else:
                 raise EngineError(ErrorCode.INTERNAL, f"unexpected message {type(call).__name__}")
         except EngineError as exc:

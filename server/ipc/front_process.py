@@ -13,6 +13,7 @@ from inferd.server.app import InferenceServer
 from inferd.server.config import ServerConfig
 from inferd.server.ipc.process import prepare_child, run_loop
 from inferd.server.ipc.remote_client import RemoteEngineClient
+from inferd.server.ipc.shared_memory_mirror import MirroredSharedMemoryRegistry
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +48,12 @@ def front_main(config: ServerConfig, runtime: FrontRuntime, events: Connection) 
     failed) on ``events`` once it serves."""
     prepare_child(f"front-{runtime.front_id}", config.log_level, runtime.owner_pid)
     engine = RemoteEngineClient(runtime.socket_path, runtime.front_id, runtime.epoch)
-    server = InferenceServer(front_config(config, runtime.port), engine=engine)
+    shared_memory = MirroredSharedMemoryRegistry(
+        engine, config.allow_client_shm, config.max_message_bytes
+    )
+    server = InferenceServer(
+        front_config(config, runtime.port), engine=engine, shared_memory=shared_memory
+    )
     engine.on_readiness = server.engine_readiness
 
     async def started(server: InferenceServer) -> None:

@@ -23,6 +23,7 @@ from inferd.engines.statistics import StatisticsSnapshot
 from inferd.engines.types import ModelIndexEntry, ParameterValue
 from inferd.engines.validation import TensorSpec
 from inferd.protos import model_config_pb2
+from inferd.server.shared_memory import RegionStatus
 
 # Larger tensors go through the ring: below this, a copy into the message costs less
 # than the bookkeeping of an extent (measured: issue 7's note, ZeroMQ vs ring).
@@ -86,6 +87,12 @@ class Credit(msgspec.Struct, array_like=True, tag=4):
     count: int
 
 
+class Applied(msgspec.Struct, array_like=True, tag=13):
+    """The front applied the engine's Catalog or Regions message ``seq``."""
+
+    seq: int
+
+
 class Release(msgspec.Struct, array_like=True, tag=5):
     """Response-ring extents the front has finished reading."""
 
@@ -116,6 +123,27 @@ class UnloadCall(msgspec.Struct, array_like=True, tag=9):
     name: str
 
 
+class RegisterRegionCall(msgspec.Struct, array_like=True, tag=10):
+    """Client system shared memory: registrations live in the engine process, since
+    SO_REUSEPORT may send a registration and the requests using it to different fronts."""
+
+    call: int
+    name: str
+    key: str
+    offset: int
+    byte_size: int
+
+
+class RegionStatusCall(msgspec.Struct, array_like=True, tag=11):
+    call: int
+    name: str  # empty: every region
+
+
+class UnregisterRegionCall(msgspec.Struct, array_like=True, tag=12):
+    call: int
+    name: str  # empty: every region
+
+
 # --- engine -> front --------------------------------------------------------------------
 
 
@@ -140,11 +168,22 @@ class Welcome(msgspec.Struct, array_like=True, tag=20):
     response_ring: str  # the engine writes, the front reads
     ring_bytes: int
     catalog: list[WireCatalogEntry]
+    regions: list[RegionStatus]  # client shared-memory regions registered so far
+
+
+class Regions(msgspec.Struct, array_like=True, tag=25):
+    """Client shared-memory registrations changed: every front mirrors this list and
+    answers Applied(seq)."""
+
+    seq: int
+    regions: list[RegionStatus]
 
 
 class Catalog(msgspec.Struct, array_like=True, tag=21):
-    """The models changed (a load or unload): every front replaces its catalog."""
+    """The models changed (a load or unload): every front replaces its catalog and
+    answers Applied(seq); the change's caller hears back once all fronts have."""
 
+    seq: int
     entries: list[WireCatalogEntry]
 
 
@@ -171,14 +210,27 @@ class Reply(msgspec.Struct, array_like=True, tag=24):
     call: int
     statistics: list[StatisticsSnapshot] | None = None
     index: list[ModelIndexEntry] | None = None
+    regions: list[RegionStatus] | None = None
     code: ErrorCode | None = None  # the call failed
     message: str = ""
 
 
 FrontMessage = Union[  # noqa: UP007 (msgspec reads the union at runtime on Python 3.10)
-    Hello, Infer, Abort, Credit, Release, StatisticsCall, IndexCall, LoadCall, UnloadCall
+    Hello,
+    Infer,
+    Abort,
+    Applied,
+    Credit,
+    Release,
+    StatisticsCall,
+    IndexCall,
+    LoadCall,
+    UnloadCall,
+    RegisterRegionCall,
+    RegionStatusCall,
+    UnregisterRegionCall,
 ]
-EngineMessage = Union[Welcome, Catalog, Result, Failure, Reply]  # noqa: UP007
+EngineMessage = Union[Welcome, Catalog, Regions, Result, Failure, Reply]  # noqa: UP007
 
 
 def to_wire_catalog(entries: tuple[CatalogEntry, ...]) -> list[WireCatalogEntry]:

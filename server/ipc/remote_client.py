@@ -42,6 +42,7 @@ from inferd.protos.datatypes import NUMPY_DTYPES, decode_bytes_tensor, encode_by
 from inferd.server.ipc import messages as m
 from inferd.server.ipc.channel import Channel
 from inferd.server.ipc.ring import RingAllocator, Segment
+from inferd.server.shared_memory import RegionStatus
 
 logger = logging.getLogger("inferd.front")
 
@@ -80,6 +81,8 @@ class RemoteEngineClient:
         self._front_id = front_id
         self._epoch = epoch
         self.on_readiness = on_readiness
+        # Client shared-memory registrations from the engine (a front's mirror of them).
+        self.on_regions: Callable[[list[RegionStatus]], None] | None = None
         self._catalog = ModelCatalog()
         self._connection: _Connection | None = None  # welcomed and not lost
         self._keys = itertools.count(1)
@@ -176,6 +179,8 @@ class RemoteEngineClient:
             return
         connection.requests = RingAllocator(connection.request_ring.size)
         self._catalog = ModelCatalog(m.from_wire_catalog(welcome.catalog))
+        if self.on_regions is not None:  # a restarted engine has none: clients re-register
+            self.on_regions(welcome.regions)
         self._connection = connection
         connection.welcomed.set_result(None)
         if self.on_readiness is not None:
@@ -194,8 +199,18 @@ class RemoteEngineClient:
                 reply.set_result(message)
         elif isinstance(message, m.Catalog):
             self._catalog = ModelCatalog(m.from_wire_catalog(message.entries))
+            self._applied(message.seq)
+        elif isinstance(message, m.Regions):
+            if self.on_regions is not None:
+                self.on_regions(message.regions)
+            self._applied(message.seq)
         elif isinstance(message, m.Welcome):
             self._welcome(message)
+
+    def _applied(self, seq: int) -> None:
+        connection = self._connection or self._pending_connection
+        if connection is not None:
+            connection.channel.send(m.Applied(seq))
 
     def _result(self, message: m.Result) -> None:
         response = InferResponse(
@@ -279,11 +294,11 @@ class RemoteEngineClient:
         return self._catalog.model_info(name, version)
 
     async def repository_index(self, ready_only: bool) -> list[ModelIndexEntry]:
-        reply = await self._call(lambda call: m.IndexCall(call, ready_only))
+        reply = await self.call(lambda call: m.IndexCall(call, ready_only))
         return reply.index or []
 
     async def statistics(self, name: str, version: int | None) -> list[StatisticsSnapshot]:
-        reply = await self._call(
+        reply = await self.call(
             lambda call: m.StatisticsCall(call, name, -1 if version is None else version)
         )
         return reply.statistics or []
@@ -297,12 +312,13 @@ class RemoteEngineClient:
     ) -> None:
         override = config.SerializeToString() if config is not None else None
         private = str(cleanup) if cleanup is not None else None
-        await self._call(lambda call: m.LoadCall(call, name, str(directory), override, private))
+        await self.call(lambda call: m.LoadCall(call, name, str(directory), override, private))
 
     async def unload_model(self, name: str) -> None:
-        await self._call(lambda call: m.UnloadCall(call, name))
+        await self.call(lambda call: m.UnloadCall(call, name))
 
-    async def _call(self, make: Callable[[int], m.FrontMessage]) -> m.Reply:
+    async def call(self, make: Callable[[int], m.FrontMessage]) -> m.Reply:
+        """A control call to the engine process: ``make`` builds it from its call id."""
         connection = self._connection
         if connection is None:
             raise EngineError(ErrorCode.UNAVAILABLE, _ENGINE_GONE)

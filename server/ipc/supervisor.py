@@ -64,12 +64,6 @@ def check_config(config: ServerConfig) -> ServerConfig:
             "--unix-socket serves from one process: a Unix socket cannot be shared between "
             "front processes (use --frontends 1)"
         )
-    if config.allow_client_shm:
-        raise ValueError(
-            "--allow-client-shm needs --frontends 1 for now: a region registered through "
-            "one front process must be usable from all of them, since SO_REUSEPORT may "
-            "route the request that uses it to any"
-        )
     if config.gil_switch_interval_s is not None and config.gil_switch_interval_s <= 0:
         raise ValueError(
             f"the GIL switch interval must be > 0 seconds, got {config.gil_switch_interval_s}"
