@@ -2,10 +2,10 @@
 
 glibc serves allocations above its mmap threshold (128 KiB, raised only as such blocks
 are freed) with a fresh mmap each time, and returns freed heap tops to the system past
-128 KiB: a 600 KB request then costs its gRPC, protobuf and numpy buffers about 150
-page faults each, every time. Measured (docs/benchmarks.md): 390 minor faults per
-600 KB identity request in one process, over 3,000 in a front process, and 10-17x
-fewer with these settings, with throughput up 10-60%. Memory stays bounded: up to
+128 KiB: a 600 KB buffer allocated that way costs about 150 page faults. Measured
+(docs/benchmarks.md, 600 KB identity requests): about 80-110 minor faults per request in
+one process and about 520 with two front processes, against 6-22 with these settings,
+and more throughput. Memory stays bounded: up to
 ``TRIM_THRESHOLD`` of free heap per malloc arena is kept for reuse instead of returned.
 The MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ variables, when set, win.
 """
