@@ -95,3 +95,31 @@ def serve(repository: Path | None, *args: str) -> Iterator[ServerProcess]:
     yield server
     code = server.stop()
     assert code == 0, f"inferd exited with {code}:\n{server.log_text()}"
+
+
+# Imported by the server's processes at start-up as `sitecustomize` (from PYTHONPATH):
+# logs each ModelInfer request's id once its handler runs, i.e. once the server has it,
+# in the process that runs it (a front process, with --frontends).
+PROBE = """
+import logging
+
+from inferd.server import servicer
+
+_log = logging.getLogger("inferd.test-probe")
+_model_infer = servicer.InferenceServicer.ModelInfer
+
+
+async def ModelInfer(self, request, context):
+    _log.warning("probe: ModelInfer %s started", request.id)
+    return await _model_infer(self, request, context)
+
+
+servicer.InferenceServicer.ModelInfer = ModelInfer
+"""
+
+
+def probe_env(directory: Path) -> dict[str, str]:
+    """The environment that loads ``PROBE`` into a server, written into ``directory``."""
+    (directory / "sitecustomize.py").write_text(PROBE)
+    paths = [str(directory), os.environ.get("PYTHONPATH", "")]
+    return {"PYTHONPATH": os.pathsep.join(path for path in paths if path)}

@@ -31,7 +31,7 @@ import pytest
 from inferd.protos import grpc_service_pb2 as pb
 from inferd.protos import grpc_service_pb2_grpc as pb_grpc
 from tests.model_builders import build_test_repository
-from tests.server_process import ServerProcess, serve
+from tests.server_process import ServerProcess, probe_env, serve
 
 RPC_TIMEOUT_S = 60.0
 WAIT_S = 60.0
@@ -84,23 +84,6 @@ CONTENTS_FIELDS = {
     "BYTES": "bytes_contents",
 }
 
-# Logs each ModelInfer request's id in the process whose handler runs it.
-PROBE = """
-import logging
-
-from inferd.server import servicer
-
-_log = logging.getLogger("inferd.test-probe")
-_model_infer = servicer.InferenceServicer.ModelInfer
-
-
-async def ModelInfer(self, request, context):
-    _log.warning("probe: ModelInfer %s started", request.id)
-    return await _model_infer(self, request, context)
-
-
-servicer.InferenceServicer.ModelInfer = ModelInfer
-"""
 
 # OUTPUT0 = INPUT0 after sleeping DELAY_MS: holds its input (and the ring space under
 # it) for as long as the test asks.
@@ -149,18 +132,15 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def probe_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    directory = tmp_path_factory.mktemp("probe")
-    (directory / "sitecustomize.py").write_text(PROBE)
-    paths = [str(directory), os.environ.get("PYTHONPATH", "")]
-    return {"PYTHONPATH": os.pathsep.join(path for path in paths if path)}
+def probe(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return probe_env(tmp_path_factory.mktemp("probe"))
 
 
 @pytest.fixture(scope="module")
-def fronts(repository: Path, probe_env: dict[str, str]) -> Iterator[ServerProcess]:
+def fronts(repository: Path, probe: dict[str, str]) -> Iterator[ServerProcess]:
     """Two front processes with 1 MiB rings."""
     server = ServerProcess(
-        repository, "--frontends", "2", "--frontend-ring-mib", "1", env=probe_env
+        repository, "--frontends", "2", "--frontend-ring-mib", "1", env=probe
     ).wait_ready()
     yield server
     code = server.stop()
@@ -174,12 +154,12 @@ def demo_fronts(demo_repository: Path) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture
-def launch(probe_env: dict[str, str]) -> Iterator[Launch]:
+def launch(probe: dict[str, str]) -> Iterator[Launch]:
     """Servers of one test (own flags, signals, kills); all are reaped afterwards."""
     launched: list[ServerProcess] = []
 
     def start(repository: Path | None, *args: str, wait: bool = True) -> ServerProcess:
-        server = ServerProcess(repository, *args, env=probe_env)
+        server = ServerProcess(repository, *args, env=probe)
         launched.append(server)
         return server.wait_ready() if wait else server
 

@@ -15,7 +15,6 @@ answers) are bounded so that a broken server fails the test, not hangs it.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import tempfile
@@ -33,7 +32,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from inferd.clients import Client, UnavailableError
 from inferd.protos import grpc_service_pb2 as pb
 from inferd.protos import grpc_service_pb2_grpc as pb_grpc
-from tests.server_process import ServerProcess
+from tests.server_process import ServerProcess, probe_env
 
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
 HEALTH_SERVICE = "grpc.health.v1.Health"
@@ -49,25 +48,6 @@ ENDLESS_ITERATIONS = 10_000_000  # ~15 min: never finishes within a test
 
 Launch = Callable[..., ServerProcess]
 
-# Imported by the server process at start-up as `sitecustomize` (from PYTHONPATH): logs
-# each ModelInfer request's id once its handler runs, i.e. once the server has it.
-PROBE = """
-import logging
-
-from inferd.server import servicer
-
-_log = logging.getLogger("inferd.test-probe")
-_model_infer = servicer.InferenceServicer.ModelInfer
-
-
-async def ModelInfer(self, request, context):
-    _log.warning("probe: ModelInfer %s started", request.id)
-    return await _model_infer(self, request, context)
-
-
-servicer.InferenceServicer.ModelInfer = ModelInfer
-"""
-
 
 @pytest.fixture
 def launch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launch]:
@@ -77,12 +57,7 @@ def launch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launch]:
     def start(
         repository: Path | None, *args: str, wait: bool = True, probe: bool = False
     ) -> ServerProcess:
-        env = None
-        if probe:
-            directory = tmp_path_factory.mktemp("probe")
-            (directory / "sitecustomize.py").write_text(PROBE)
-            paths = [str(directory), os.environ.get("PYTHONPATH", "")]
-            env = {"PYTHONPATH": os.pathsep.join(path for path in paths if path)}
+        env = probe_env(tmp_path_factory.mktemp("probe")) if probe else None
         server = ServerProcess(repository, *args, env=env)
         launched.append(server)
         return server.wait_ready() if wait else server
