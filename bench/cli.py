@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="load processes, each with its own channels (%(default)s)",
     )  # fmt: skip
     parser.add_argument(
+        "--channels", type=int, default=1,
+        help="gRPC connections per load process; a server with several front processes "
+        "sharing its port (inferd --frontends N, SO_REUSEPORT) balances connections, not "
+        "requests, so give it at least N in all (%(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
         "--request-timeout", type=float, default=30.0, metavar="SECONDS",
         help="per request (%(default)s)",
     )  # fmt: skip
@@ -103,10 +109,11 @@ def _levels(args: argparse.Namespace) -> tuple[LoadLevel, ...]:
 
 
 def _check(args: argparse.Namespace) -> None:
-    if args.measurement_interval <= 0 or args.max_trials < 1 or args.workers < 1:
+    if min(args.measurement_interval, args.max_trials, args.workers, args.channels) <= 0:
         raise ValueError(
-            "--measurement-interval, --max-trials and --workers must be positive, got "
-            f"{args.measurement_interval}, {args.max_trials}, {args.workers}"
+            "--measurement-interval, --max-trials, --workers and --channels must be "
+            f"positive, got {args.measurement_interval}, {args.max_trials}, {args.workers}, "
+            f"{args.channels}"
         )
     if args.stability_percentage <= 0:
         raise ValueError(f"--stability-percentage must be > 0, got {args.stability_percentage}")
@@ -147,6 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_trials=args.max_trials,
         warmup_s=args.warmup / 1000,
         workers=args.workers,
+        channels=args.channels,
         request_timeout_s=args.request_timeout,
         streaming=args.streaming,
         decoupled=decoupled,
@@ -167,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "streaming": args.streaming,
         "decoupled": decoupled,
         "workers": args.workers,
+        "channels": args.channels,
         "measurement_interval_ms": args.measurement_interval,
         "stability_percentage": args.stability_percentage,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

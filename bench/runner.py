@@ -31,6 +31,7 @@ class SweepSettings:
     warmup_s: float
     workers: int
     request_timeout_s: float
+    channels: int = 1  # connections per load process
     streaming: bool = False  # ModelStreamInfer instead of ModelInfer
     decoupled: bool = False  # the model's transaction policy; needs streaming
 
@@ -85,6 +86,7 @@ def run_sweep(
             timeout=settings.request_timeout_s,
             streaming=settings.streaming,
             decoupled=settings.decoupled,
+            channels=settings.channels,
         )
         with WorkerPool(session, workers=settings.workers) as pool:
             for level in settings.levels:

@@ -22,7 +22,7 @@ def test_closed_loop_sweep_writes_table_json_and_csv(
     report, table = tmp_path / "bench.json", tmp_path / "bench.csv"
     code = main([
         "-m", "simple", "-u", demo_server.address, "--concurrency-range", "1:2",
-        *SHORT, "--json", str(report), "-f", str(table),
+        "--channels", "2", *SHORT, "--json", str(report), "-f", str(table),
     ])  # fmt: skip
     out = capsys.readouterr()
     assert code == 0, out.err
@@ -79,6 +79,7 @@ def test_errors_are_reported_not_hidden(
         (["-m", "simple", "-b", "9"], "9"),
         (["-m", "simple", "--concurrency-range", "0:4"], "START"),
         (["-m", "simple", "--shape", "INPUT9:16"], "INPUT9"),
+        (["-m", "simple", "--channels", "0"], "--channels must be positive"),
     ],
 )
 def test_bad_arguments_give_clear_errors(
