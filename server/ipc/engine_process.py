@@ -207,6 +207,7 @@ class FrontConnection:
         )
         self.welcomed = False
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._calls: set[asyncio.Task[None]] = set()
         self._windows: dict[int, asyncio.Semaphore] = {}
         self._request_ring: Segment | None = None
         self._response_ring: Segment | None = None
@@ -244,7 +245,9 @@ class FrontConnection:
         elif isinstance(message, m.Hello):
             self._welcome(message)
         else:
-            asyncio.get_running_loop().create_task(self._call(message))
+            call = asyncio.get_running_loop().create_task(self._call(message))
+            self._calls.add(call)  # the loop keeps only a weak reference to a task
+            call.add_done_callback(self._calls.discard)
 
     def _welcome(self, hello: m.Hello) -> None:
         if self._request_ring is not None:
@@ -293,7 +296,8 @@ class FrontConnection:
             logger.info("%s disconnected: %d request(s) dropped", self._name, len(self._tasks))
 
     def _release(self, offsets: list[int]) -> None:
-        assert self._responses is not None
+        if self._responses is None:  # before its Hello: nothing was lent
+            return
         for offset in offsets:
             try:
                 self._responses.free(offset)

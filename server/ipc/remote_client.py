@@ -112,8 +112,7 @@ class RemoteEngineClient:
         while not self._closing:
             try:
                 _, channel = await loop.create_unix_connection(
-                    lambda: Channel(m.EngineMessage, self._on_message, self._on_closed),
-                    str(self._socket_path),
+                    self._new_channel, str(self._socket_path)
                 )
             except OSError:
                 await asyncio.sleep(delay)
@@ -124,18 +123,28 @@ class RemoteEngineClient:
             channel.send(m.Hello(self._front_id, self._epoch, os.getpid()))
             try:
                 await connection.welcomed
-            except EngineError:  # lost before the welcome: try again
+            except EngineError:  # lost before the welcome: try again, not at once
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, _RECONNECT_MAX_DELAY_S)
                 continue
             return
 
-    def _on_closed(self, exc: Exception | None) -> None:
+    def _new_channel(self) -> Channel[m.EngineMessage]:
+        channel: Channel[m.EngineMessage] = Channel(
+            m.EngineMessage, self._on_message, lambda exc: self._on_closed(channel)
+        )
+        return channel
+
+    def _on_closed(self, channel: Channel[m.EngineMessage]) -> None:
         pending = self._pending_connection
-        if pending is not None and not pending.welcomed.done():
+        if pending is not None and pending.channel is channel and not pending.welcomed.done():
+            pending.close()
             pending.welcomed.set_exception(EngineError(ErrorCode.UNAVAILABLE, _ENGINE_GONE))
             return
-        connection, self._connection = self._connection, None
-        if connection is None:
-            return
+        connection = self._connection
+        if connection is None or connection.channel is not channel:
+            return  # an earlier connection, already given up
+        self._connection = None
         lost = EngineError(
             ErrorCode.UNAVAILABLE, "the engine process exited with this request in flight"
         )
@@ -174,8 +183,7 @@ class RemoteEngineClient:
             connection.response_ring = Segment.open(welcome.response_ring, welcome.ring_bytes)
         except (OSError, ValueError) as exc:
             logger.error("cannot map the engine's shared-memory rings: %s", exc)
-            connection.close()
-            connection.channel.close()
+            connection.channel.close()  # _on_closed fails the welcome: _connect retries
             return
         connection.requests = RingAllocator(connection.request_ring.size)
         self._catalog = ModelCatalog(m.from_wire_catalog(welcome.catalog))
