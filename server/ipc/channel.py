@@ -19,10 +19,9 @@ import msgspec
 
 logger = logging.getLogger(__name__)
 
+# A frame is one message: one request or response (its inline tensors bounded by the
+# gRPC message size, --max-message-size) or a control message, so 4 GiB always holds it.
 _HEADER = struct.Struct("<I")
-# The largest frame either side accepts: inline tensors are small, and a Catalog or a
-# statistics Reply for thousands of models fits well within this.
-MAX_FRAME_BYTES = 256 * 1024 * 1024
 
 M = TypeVar("M")
 
@@ -69,10 +68,6 @@ class Channel(asyncio.Protocol, Generic[M]):
         position, end = 0, len(data)
         while end - position >= _HEADER.size:
             (length,) = _HEADER.unpack_from(view, position)
-            if length > MAX_FRAME_BYTES:
-                logger.error("dropping a connection that sent a %d-byte frame", length)
-                self.close()
-                return
             if end - position - _HEADER.size < length:
                 break
             start = position + _HEADER.size
