@@ -700,6 +700,15 @@ def test_a_unix_socket_is_refused_with_several_fronts(
     assert "--unix-socket serves from one" in server.log_text()
 
 
+def test_rings_that_do_not_fit_in_dev_shm_are_refused_at_start(
+    launch: Launch, demo_repository: Path
+) -> None:
+    too_big = str(2**30)  # MiB per ring: a petabyte in all
+    server = launch(demo_repository, "--frontends", "2", "--frontend-ring-mib", too_big, wait=False)
+    assert server.wait(WAIT_S) != 0
+    assert "lower --frontend-ring-mib" in server.log_text()
+
+
 # --- 12. client system shared memory across fronts ---------------------------------------
 
 

@@ -31,7 +31,7 @@ from inferd.server.app import resolve_repository, tracing_from_config
 from inferd.server.config import ServerConfig
 from inferd.server.ipc.engine_process import EngineRuntime, engine_main
 from inferd.server.ipc.front_process import FrontRuntime, front_main
-from inferd.server.ipc.ring import remove_segments, remove_stale_segments
+from inferd.server.ipc.ring import SHM_DIRECTORY, remove_segments, remove_stale_segments
 from inferd.server.model_control import ModelControlMode, startup_models
 
 logger = logging.getLogger("inferd.supervisor")
@@ -68,11 +68,24 @@ def check_config(config: ServerConfig) -> ServerConfig:
         raise ValueError(
             f"the GIL switch interval must be > 0 seconds, got {config.gil_switch_interval_s}"
         )
+    _check_shm_room(config.frontends * 2 * config.ring_bytes)
     startup_models(ModelControlMode(config.model_control_mode), config.load_models)
     tracing = tracing_from_config(config)  # a missing extra fails here, not in a restart loop
     if tracing is not None:
         tracing.shutdown()
     return _with_repository(config)
+
+
+def _check_shm_room(needed: int) -> None:
+    """Fail at start, not in a loop of fronts the engine cannot give rings to."""
+    stats = os.statvfs(SHM_DIRECTORY)
+    free = stats.f_bavail * stats.f_frsize
+    if needed > free:
+        raise ValueError(
+            f"the front processes' rings need {needed // 2**20} MiB in {SHM_DIRECTORY}, "
+            f"which has {free // 2**20} MiB free: lower --frontend-ring-mib or --frontends, "
+            "or give it more room (in a container: docker run --shm-size=...)"
+        )
 
 
 def _with_repository(config: ServerConfig) -> ServerConfig:
