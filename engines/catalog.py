@@ -96,6 +96,3 @@ class ModelCatalog:
             ready = tuple(sorted(self._versions[name]))
             newest = self._newest[name] = dataclasses.replace(found, ready_versions=ready)
         return newest
-
-    def entries(self) -> tuple[CatalogEntry, ...]:
-        return tuple(self._entries.values())
