@@ -15,6 +15,7 @@ are in flight for at least that long; every wait is bounded.
 from __future__ import annotations
 
 import os
+import queue
 import re
 import signal
 import time
@@ -644,6 +645,36 @@ def test_a_killed_engine_is_restarted(launch: Launch, repository: Path) -> None:
     assert _segments(owner, "e2-")
     assert server.stop() == 0, server.log_text()
     assert not _segments(owner)
+
+
+def test_a_stream_outlives_an_engine_restart(launch: Launch, demo_repository: Path) -> None:
+    """The request running in the dead engine ends with an error on its stream; the
+    stream itself stays open and serves the next request once the engine is back."""
+    server = launch(demo_repository, "--frontends", "2")
+    outgoing: queue.Queue[pb.ModelInferRequest | None] = queue.Queue()
+    with Connections(server.address, 1) as connection, Connections(server.address) as others:
+        stream = connection.next().ModelStreamInfer(iter(outgoing.get, None), timeout=RPC_TIMEOUT_S)
+        outgoing.put(_repeat_request("long", list(range(100)), 100))  # 10 s of responses
+        first = next(stream)
+        assert (first.infer_response.id, first.error_message) == ("long", "")
+        (engine_pid,) = _pids(server)["engine"]
+        os.kill(engine_pid, signal.SIGKILL)
+        error = next(message for message in stream if message.error_message)
+        assert error.infer_response.id == "long"
+        assert "engine process exited" in error.error_message
+        _wait_for(lambda: all(_server_ready(s) for s in others.stubs), "ready", server)
+        outgoing.put(_repeat_request("after", [7, 8, 9], 0))
+        answers = []
+        for message in stream:
+            assert message.error_message == "", message.error_message
+            response = message.infer_response
+            if response.id == "after":
+                answers.append(np.frombuffer(response.raw_output_contents[0], "<i4").tolist())
+            if len(answers) == 3:
+                break
+        assert answers == [[7], [8], [9]]
+        outgoing.put(None)
+    assert server.stop() == 0, server.log_text()
 
 
 # --- 8. SIGTERM drains -------------------------------------------------------------------
