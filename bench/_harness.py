@@ -92,7 +92,9 @@ class PinnedServer:
         )
         assert self.process.stderr is not None
         address = None
+        self.startup_log: list[str] = []  # what it logged until ready
         for line in self.process.stderr:
+            self.startup_log.append(line)
             match = re.search(r"listening on (\S+)", line)
             if match:
                 address = match.group(1)

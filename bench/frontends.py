@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import enum
 import os
+import re
 import subprocess
 import sys
 import time
@@ -38,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inferd.bench._harness import PinnedServer, markdown_table, tree_cpu_seconds
+from inferd.bench._harness import PinnedServer, cpu_seconds, markdown_table, tree_cpu_seconds
 from inferd.bench.measure import summarize_latencies
 from inferd.bench.results import LoadLevel, LoadMode
 from inferd.bench.workers import SessionConfig, WorkerPool
@@ -88,6 +89,8 @@ class Sample:
     errors: int
     server_cores: float  # CPU of every server process together, in cores
     load_cores: float
+    # inferd with several fronts: its engine process alone (near 1.0: the bound)
+    engine_cores: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +106,7 @@ class Row:
     errors: int
     server_cores: float
     load_cores: float
+    engine_cores: float | None
     to_echo: float | None  # mean rate / the echo servicer's at the same process count
     scaling: float | None  # mean rate / its own at one process
 
@@ -154,19 +158,32 @@ def measure(
         timeout=REQUEST_TIMEOUT_S,
     )  # fmt: skip
     level = LoadLevel(LoadMode.CONCURRENCY, load.concurrency)
+    engine = engine_pid(servers[0])
     with WorkerPool(config, load.workers) as pool:
         pool.run_window(level, warmup_s)
         cpu_before = sum(tree_cpu_seconds(server.pid) for server in servers)
+        engine_before = cpu_seconds(engine) if engine is not None else 0.0
         started = time.perf_counter()
         window = pool.run_window(level, seconds)
         elapsed = time.perf_counter() - started
         server_cpu = sum(tree_cpu_seconds(server.pid) for server in servers) - cpu_before
+        engine_cpu = cpu_seconds(engine) - engine_before if engine is not None else None
     latency = summarize_latencies(window.latencies_us)
     return Sample(
         workload.label, scenario.server, scenario.processes, window.throughput,
         latency.p50_us / 1000, latency.p99_us / 1000, sum(window.errors.values()),
         server_cpu / elapsed, window.client_cpu_s / window.duration_s,
+        None if engine_cpu is None else engine_cpu / elapsed,
     )  # fmt: skip
+
+
+def engine_pid(server: PinnedServer) -> int | None:
+    """inferd's engine process, when it runs several fronts (its log names it)."""
+    for line in server.startup_log:
+        match = re.search(r"\bengine\[(\d+)\]", line)
+        if match:
+            return int(match.group(1))
+    return None
 
 
 def sweep(
@@ -212,11 +229,17 @@ def summarize(samples: Sequence[Sample]) -> list[Row]:
                 sum(s.errors for s in group),
                 float(np.mean([s.server_cores for s in group])),
                 float(np.mean([s.load_cores for s in group])),
+                _mean_or_none([s.engine_cores for s in group]),
                 rate / echo if echo else None,
                 rate / single if single else None,
             )
         )  # fmt: skip
     return rows
+
+
+def _mean_or_none(values: Sequence[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return float(np.mean(known)) if known else None
 
 
 def progress(sample: Sample) -> str:
@@ -234,14 +257,16 @@ def render(rows: Sequence[Row]) -> str:
     header = [
         "workload", "scenario", "processes", "req/s (per round)", "p50 ms", "p99 ms",
         "ratio to echo, same processes", "scaling vs 1 process", "server CPU (cores)",
-        "load CPU (cores)", "errors",
+        "engine CPU (cores)", "load CPU (cores)", "errors",
     ]  # fmt: skip
     body = [
         [
             row.workload, row.server.value, str(row.processes),
             f"{row.rate:,.0f} ({' / '.join(f'{rate:,.0f}' for rate in row.rates)})",
             f"{row.p50_ms:.2f}", f"{row.p99_ms:.2f}", _ratio(row.to_echo), _ratio(row.scaling),
-            f"{row.server_cores:.2f}", f"{row.load_cores:.2f}", str(row.errors),
+            f"{row.server_cores:.2f}",
+            "-" if row.engine_cores is None else f"{row.engine_cores:.2f}",
+            f"{row.load_cores:.2f}", str(row.errors),
         ]
         for row in rows
     ]  # fmt: skip
