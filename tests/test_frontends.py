@@ -731,6 +731,17 @@ def test_a_unix_socket_is_refused_with_several_fronts(
     assert "--unix-socket serves from one" in server.log_text()
 
 
+def test_a_port_another_server_serves_is_refused(launch: Launch, demo_repository: Path) -> None:
+    """SO_REUSEPORT would let a second server share the port silently; it must fail."""
+    first = launch(demo_repository, "--frontends", "2")
+    assert first.address is not None
+    port = first.address.rsplit(":", 1)[1]
+    second = launch(demo_repository, "--frontends", "2", "--grpc-port", port, wait=False)
+    assert second.wait(WAIT_S) != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in second.log_text()
+    assert first.stop() == 0, first.log_text()
+
+
 def test_rings_that_do_not_fit_in_dev_shm_are_refused_at_start(
     launch: Launch, demo_repository: Path
 ) -> None:

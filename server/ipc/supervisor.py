@@ -94,8 +94,17 @@ def _with_repository(config: ServerConfig) -> ServerConfig:
 
 def _reserve_port(host: str, port: int) -> socket.socket:
     """Bind (never listen on) the port with SO_REUSEPORT: front processes join it, no
-    other program can take it between their restarts, and port 0 picks one for all."""
+    other program can take it between their restarts, and port 0 picks one for all.
+
+    First a plain bind: SO_REUSEPORT alone would let this server quietly share a port
+    another server (of the same user) already serves, as single-process mode refuses to."""
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind, proto) as probe:
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise OSError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        address = probe.getsockname()  # port 0: the one the system chose
     reservation = socket.socket(family, kind, proto)
     reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
