@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 from inferd.engines.catalog import ModelInfo
+from inferd.engines.cuda_shared_memory import CudaRegionStatus, CudaSharedMemory
 from inferd.engines.engine import Engine
 from inferd.engines.statistics import StatisticsSnapshot
 from inferd.engines.types import (
@@ -61,6 +62,17 @@ class EngineClient(Protocol):
     async def unload_model(self, name: str) -> None:
         """Stop serving the model; returns once its requests finished and it is released."""
 
+    async def register_cuda_region(
+        self, name: str, raw_handle: bytes, device_id: int, byte_size: int
+    ) -> None:
+        """Map a client's CUDA shared memory (an IPC handle) as region ``name``."""
+
+    async def cuda_region_status(self, name: str) -> list[CudaRegionStatus]:
+        """One CUDA region, or every one for an empty name (NOT_FOUND: unknown name)."""
+
+    async def unregister_cuda_region(self, name: str) -> None:
+        """Forget one CUDA region, or every one for an empty name."""
+
     async def close(self) -> None:
         """Finish queued work and release every model."""
 
@@ -73,8 +85,11 @@ class InProcessEngineClient:
         repository: Path,
         observer: BatchObserver | None = None,
         startup_models: tuple[str, ...] | None = None,
+        allow_client_shm: bool = False,
     ) -> None:
-        self._engine = Engine(repository, observer)
+        self._engine = Engine(
+            repository, observer, cuda_shared_memory=CudaSharedMemory(allow_client_shm)
+        )
         self._startup_models = startup_models  # None: every model in the repository
         self._ready = False
 
@@ -119,6 +134,20 @@ class InProcessEngineClient:
 
     async def unload_model(self, name: str) -> None:
         await asyncio.to_thread(self._engine.unload, name)
+
+    async def register_cuda_region(
+        self, name: str, raw_handle: bytes, device_id: int, byte_size: int
+    ) -> None:
+        # Off the loop: the first registration starts CUDA, and mapping waits on the driver.
+        regions = self._engine.cuda_shared_memory
+        await asyncio.to_thread(regions.register, name, raw_handle, device_id, byte_size)
+
+    async def cuda_region_status(self, name: str) -> list[CudaRegionStatus]:
+        return self._engine.cuda_shared_memory.status(name)
+
+    async def unregister_cuda_region(self, name: str) -> None:
+        # Off the loop: unmapping waits on the driver.
+        await asyncio.to_thread(self._engine.cuda_shared_memory.unregister, name)
 
     async def close(self) -> None:
         self._ready = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import threading
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inferd.engines.catalog import CatalogEntry, ModelInfo, select_version
+from inferd.engines.cuda_shared_memory import CudaRequestMemory, CudaSharedMemory
 from inferd.engines.errors import EngineError, ErrorCode
 from inferd.engines.model import ModelVersion
 from inferd.engines.repository import (
@@ -59,8 +61,11 @@ class Engine:
         repository: Path,
         observer: BatchObserver | None = None,
         drain_timeout_s: float = DRAIN_TIMEOUT_S,
+        cuda_shared_memory: CudaSharedMemory | None = None,
     ) -> None:
         self.repository = repository
+        # Clients' CUDA shared-memory regions: here, since this process holds CUDA.
+        self.cuda_shared_memory = cuda_shared_memory or CudaSharedMemory(enabled=False)
         self._observer = observer
         self._drain_timeout_s = drain_timeout_s
         self._models: dict[str, LoadedModel] = {}
@@ -308,7 +313,13 @@ class Engine:
     async def infer(self, request: InferRequest) -> InferResponse:
         model = self._acquire(request.model_name, request.model_version)
         try:
-            return await model.infer(request)
+            if not request.uses_cuda_shared_memory():
+                return await model.infer(request)
+            with self.cuda_shared_memory.request() as memory:
+                await _read_inputs(memory, request, model)
+                response = await model.infer(request)
+                await asyncio.to_thread(memory.write_outputs, request, response)
+                return response
         finally:
             self._release(model)
 
@@ -317,8 +328,17 @@ class Engine:
     ) -> AsyncIterator[InferResponse | ErrorResponse]:
         model = self._acquire(request.model_name, request.model_version)
         try:
-            async for item in model.infer_stream(request):
-                yield item
+            if not request.uses_cuda_shared_memory():
+                async for item in model.infer_stream(request):
+                    yield item
+                return
+            # Held until the stream ends: every response writes into the same regions.
+            with self.cuda_shared_memory.request() as memory:
+                await _read_inputs(memory, request, model)
+                async for item in model.infer_stream(request):
+                    if isinstance(item, InferResponse):
+                        await asyncio.to_thread(memory.write_outputs, request, item)
+                    yield item
         finally:
             self._release(model)
 
@@ -335,6 +355,19 @@ class Engine:
         for source in sources:
             if source.cleanup is not None:
                 shutil.rmtree(source.cleanup, ignore_errors=True)
+        self.cuda_shared_memory.close()
+
+
+async def _read_inputs(
+    memory: CudaRequestMemory, request: InferRequest, model: ModelVersion
+) -> None:
+    """Resolve the request's CUDA shared-memory inputs: device views are cheap enough for
+    the event loop, copies to the host are not."""
+    on_device = model.takes_device_tensors
+    if memory.copies_inputs(request, on_device):
+        await asyncio.to_thread(memory.read_inputs, request, on_device)
+    else:
+        memory.read_inputs(request, on_device)
 
 
 def _failure_reasons(loaded: LoadedModel) -> str:

@@ -124,6 +124,11 @@ class BatchingExecutor:
         self._observer = observer
         self._devices = list(devices) if devices is not None else ["cpu"] * len(instances)
         self._instances = list(instances)
+        # Inputs in a client's GPU memory may stay there (see BackendInstance).
+        self.takes_device_tensors = bool(instances) and all(
+            isinstance(instance, BackendInstance) and instance.takes_device_tensors
+            for instance in instances
+        )
         self._scheduler = Scheduler(policy, queue_capacity)
         self._statistics = statistics
         self._clock = clock

@@ -70,6 +70,7 @@ class ModelVersion:
         self._input_specs = {spec.name: spec for spec in self.inputs}
         self.statistics = statistics
         self.executor = executor
+        self.takes_device_tensors = executor.takes_device_tensors
         self._labels = dict(labels or {})  # output name -> class labels (label_filename)
         self.decoupled = config.model_transaction_policy.decoupled
         # Requests that looked this version up and have not finished (the engine counts

@@ -70,6 +70,8 @@ class SequenceBatchingExecutor(BatchingExecutor):
             observer,
             devices,
         )
+        # Control inputs and state tensors are gathered with the inputs on the host.
+        self.takes_device_tensors = False
 
     async def run(
         self,

@@ -6,6 +6,7 @@ second front end (or a front process talking to an engine process) reuses them a
 
 from __future__ import annotations
 
+import abc
 import enum
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -17,20 +18,48 @@ from inferd.engines.errors import EngineError
 ParameterValue = bool | int | float | str
 
 
+@dataclass(frozen=True, slots=True)
+class SharedMemoryRef:
+    """``byte_size`` bytes at ``offset`` of a client's CUDA shared-memory region.
+
+    Front ends pass these through unread: only the engine's process holds CUDA, so the
+    engine resolves them (``cuda_shared_memory``) before validation and after the model.
+    """
+
+    region: str
+    offset: int
+    byte_size: int
+
+
+class DeviceBytes(abc.ABC):
+    """An input's bytes in GPU memory, for a model whose instances take device tensors:
+    validation checks ``nbytes`` and asks for a typed view, without a host copy."""
+
+    nbytes: int
+
+    @abc.abstractmethod
+    def typed(self, datatype: str, shape: tuple[int, ...]) -> object:
+        """The bytes as a device tensor of ``datatype`` (never BYTES) and ``shape``."""
+
+
 @dataclass(slots=True)
 class InputTensor:
     """One input as the client declared it.
 
     ``data`` is either the wire's raw bytes (fixed-size elements, or BYTES in the
     protocol's length-prefixed layout) or a flat array decoded from typed contents.
+    A CUDA shared-memory input arrives as a ``SharedMemoryRef`` that the engine replaces
+    with host bytes, or with ``DeviceBytes`` for models that take device tensors.
     Validation checks it against the datatype and shape, then ``array`` holds the
-    shaped ndarray (a zero-copy view over raw bytes where possible).
+    shaped ndarray (a zero-copy view over raw bytes where possible; a device tensor for
+    ``DeviceBytes``).
     """
 
     name: str
     datatype: str
     shape: tuple[int, ...]
-    data: bytes | memoryview | np.ndarray  # memoryview: bytes in another process's ring
+    # memoryview: bytes in another process's ring, or copied out of GPU memory
+    data: bytes | memoryview | np.ndarray | SharedMemoryRef | DeviceBytes
     array: np.ndarray | None = None
 
 
@@ -38,6 +67,7 @@ class InputTensor:
 class RequestedOutput:
     name: str
     class_count: int = 0  # > 0: the classification extension's top-k instead of the tensor
+    region: SharedMemoryRef | None = None  # written into this CUDA shared-memory slice
 
 
 @dataclass(slots=True)
@@ -53,12 +83,20 @@ class InferRequest:
     # the request rode in; None (tracing off) costs the engine nothing.
     trace: object | None = None
 
+    def uses_cuda_shared_memory(self) -> bool:
+        return any(isinstance(tensor.data, SharedMemoryRef) for tensor in self.inputs) or any(
+            output.region is not None for output in self.requested_outputs
+        )
+
 
 @dataclass(slots=True)
 class OutputTensor:
     name: str
     datatype: str
     data: np.ndarray
+    # Its values were written into the client's CUDA shared-memory region: the response
+    # carries its name, datatype and shape (``data.shape``) and no bytes.
+    in_shared_memory: bool = False
 
 
 @dataclass(slots=True)

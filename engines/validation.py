@@ -11,11 +11,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
 from inferd.engines.errors import EngineError, ErrorCode
-from inferd.engines.types import InferRequest, InputTensor
+from inferd.engines.types import DeviceBytes, InferRequest, InputTensor, SharedMemoryRef
 from inferd.protos.datatypes import NUMPY_DTYPES, decode_bytes_tensor
 
 
@@ -176,16 +177,24 @@ def _materialize(check: _Checker, tensor: InputTensor) -> np.ndarray:
                 f"'{check.model}'. Expected {count * size}, got {len(flat) * size}"
             )
         return flat.reshape(tensor.shape)
+    if isinstance(tensor.data, SharedMemoryRef):  # the engine resolves these first
+        raise EngineError(ErrorCode.INTERNAL, f"{where} was not read from shared memory")
     if tensor.datatype == "BYTES":
+        if isinstance(tensor.data, DeviceBytes):  # the engine copies strings to the host
+            raise EngineError(ErrorCode.INTERNAL, f"{where}: BYTES cannot stay on the device")
         try:
             return decode_bytes_tensor(tensor.data, count, where).reshape(tensor.shape)
         except ValueError as exc:
             raise check.fail(str(exc)) from None
     dtype = NUMPY_DTYPES[tensor.datatype]
     expected_bytes = count * dtype.itemsize
-    if len(tensor.data) != expected_bytes:
+    size = tensor.data.nbytes if isinstance(tensor.data, DeviceBytes) else len(tensor.data)
+    if size != expected_bytes:
         raise check.fail(
             f"input byte size mismatch for input '{tensor.name}' for model '{check.model}'. "
-            f"Expected {expected_bytes}, got {len(tensor.data)}"
+            f"Expected {expected_bytes}, got {size}"
         )
+    if isinstance(tensor.data, DeviceBytes):
+        # A device tensor, for instances that say they take them (takes_device_tensors).
+        return cast(np.ndarray, tensor.data.typed(tensor.datatype, tensor.shape))
     return np.frombuffer(tensor.data, dtype=dtype).reshape(tensor.shape)

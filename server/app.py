@@ -26,6 +26,7 @@ from inferd.engines import (
     InProcessEngineClient,
     ModelState,
 )
+from inferd.engines.cuda_shared_memory import CudaSharedMemory
 from inferd.engines.executor import GPU_GIL_SWITCH_INTERVAL_S
 from inferd.protos import grpc_service_pb2_grpc, model_config_pb2
 from inferd.server.allocator import tune_malloc
@@ -136,7 +137,11 @@ class InferenceServer:
         repository = self.config.model_repository
         if self._engine is None:
             repository = resolve_repository(self.config)
-            self._engine = InProcessEngineClient(repository, self._tracing, startup)
+            self._engine = InProcessEngineClient(
+                repository, self._tracing, startup, self.config.allow_client_shm
+            )
+        if isinstance(self._engine, InProcessEngineClient):
+            share_region_names(self._shared_memory, self._engine.engine.cuda_shared_memory)
         self._control = ModelControl(
             self._engine, repository, mode, self.config.repository_poll_secs
         )
@@ -276,6 +281,13 @@ class InferenceServer:
             await self._should_exit.wait()
         finally:
             await self.stop()
+
+
+def share_region_names(system: SystemSharedMemoryRegistry, cuda: CudaSharedMemory) -> None:
+    """One namespace for both kinds of region, as in Triton: a tensor names only its
+    region, so a name registered as one kind cannot be registered as the other."""
+    system.taken = cuda.__contains__
+    cuda.taken = system.__contains__
 
 
 async def apply_switch_interval(config: ServerConfig, engine: EngineClient) -> None:

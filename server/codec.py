@@ -20,7 +20,7 @@ from inferd.engines import (
     InputTensor,
     RequestedOutput,
 )
-from inferd.engines.types import ParameterValue
+from inferd.engines.types import ParameterValue, SharedMemoryRef
 from inferd.protos import grpc_service_pb2 as pb
 from inferd.protos.datatypes import NUMPY_DTYPES, encode_bytes_tensor
 from inferd.server.shared_memory import RequestRegions
@@ -204,6 +204,8 @@ def _requested_output(
             raise _invalid("output can't set both 'shared_memory_region' and 'classification'")
         if regions is None:
             raise _invalid(f"output '{output.name}' for model '{model}' cannot use shared memory")
+        if not regions.reads(shared[0]):  # CUDA shared memory: the engine writes it
+            return RequestedOutput(output.name, region=SharedMemoryRef(*shared))
         regions.bind_output(
             output.name, *shared, what=f"output '{output.name}' for model '{model}'"
         )
@@ -215,14 +217,6 @@ def _requested_output(
     if parameter.int64_param < 1:
         raise _invalid("invalid value for 'classification' parameter, expected >= 1")
     return RequestedOutput(output.name, parameter.int64_param)
-
-
-def uses_shared_memory(request: pb.ModelInferRequest) -> bool:
-    """Whether any input or requested output names a shared-memory region: such requests
-    are decoded and encoded off the event loop, since their tensors are file I/O."""
-    return any("shared_memory_region" in tensor.parameters for tensor in request.inputs) or any(
-        "shared_memory_region" in output.parameters for output in request.outputs
-    )
 
 
 def shared_memory_regions(request: pb.ModelInferRequest) -> set[str]:
@@ -242,8 +236,9 @@ def decode_infer_request(
 ) -> InferRequest:
     """Wire-level decoding; the engine then checks names, types, shapes and sizes.
 
-    Inputs in shared memory are copied out of their regions now; outputs asked for in a
-    region are bound in ``regions`` for ``encode_infer_response`` to write."""
+    Inputs in system shared memory are copied out of their regions now; outputs asked
+    for in one are bound in ``regions`` for ``encode_infer_response`` to write. Tensors in
+    any other region (CUDA shared memory) become ``SharedMemoryRef`` for the engine."""
     model = request.model_name
     version = parse_version(request.model_version)
     raw_contents = request.raw_input_contents
@@ -256,7 +251,7 @@ def decode_infer_request(
                 f"invalid datatype '{tensor.datatype}' for input '{tensor.name}' for model "
                 f"'{model}' (expected one of {', '.join(NUMPY_DTYPES)})"
             )
-        data: bytes | np.ndarray
+        data: bytes | np.ndarray | SharedMemoryRef
         if shared is not None:
             where = f"input tensor '{tensor.name}' for model '{model}'"
             if tensor.HasField("contents"):
@@ -265,7 +260,10 @@ def decode_infer_request(
                 )
             if regions is None:
                 raise _invalid(f"{where} cannot use shared memory")
-            data = regions.read_input(*shared, what=where)
+            if regions.reads(shared[0]):
+                data = regions.read_input(*shared, what=where)
+            else:  # a CUDA region (or none): the engine's process resolves it
+                data = SharedMemoryRef(*shared)
         elif tensor.HasField("contents"):
             if raw_contents:
                 raise _invalid(
@@ -312,6 +310,9 @@ def encode_infer_response(
     )
     for output in response.outputs:
         message.outputs.add(name=output.name, datatype=output.datatype, shape=output.data.shape)
+        if output.in_shared_memory:  # the engine wrote it into the client's GPU memory
+            message.raw_output_contents.append(b"")
+            continue
         if output.datatype == "BYTES":
             data = encode_bytes_tensor(output.data)
         else:

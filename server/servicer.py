@@ -19,7 +19,6 @@ from inferd.server.codec import (
     encode_infer_response,
     parse_version,
     shared_memory_regions,
-    uses_shared_memory,
 )
 from inferd.server.model_control import ModelControl
 from inferd.server.shared_memory import SystemSharedMemoryRegistry
@@ -173,9 +172,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._model(request.model_name, request.model_version)
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
-        off_loop = uses_shared_memory(request)  # region reads and writes are file I/O
-        if off_loop:
-            await self._shm.prepare(shared_memory_regions(request))
+        regions_named = shared_memory_regions(request)
+        if regions_named:
+            await self._shm.prepare(regions_named)
+        # System regions are read and written with file I/O; CUDA ones in the engine.
+        off_loop = not regions_named.isdisjoint(self._shm.names())
         if self._tracing is None:
             with self._shm.request() as regions:
                 response = await self._engine.infer(
@@ -273,29 +274,28 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def CudaSharedMemoryStatus(
         self, request: pb.CudaSharedMemoryStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.CudaSharedMemoryStatusResponse:
-        if request.name:  # none is ever registered
-            raise EngineError(
-                ErrorCode.NOT_FOUND,
-                f"Unable to find cuda shared memory region: '{request.name}'",
-            )
-        return pb.CudaSharedMemoryStatusResponse()
+        response = pb.CudaSharedMemoryStatusResponse()
+        for region in await self._engine.cuda_region_status(request.name):
+            status = response.regions[region.name]
+            status.name, status.device_id = region.name, region.device_id
+            status.byte_size = region.byte_size
+        return response
 
     @maps_engine_errors
     async def CudaSharedMemoryRegister(
         self, request: pb.CudaSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext
     ) -> pb.CudaSharedMemoryRegisterResponse:
-        raise EngineError(
-            ErrorCode.INVALID_ARGUMENT,
-            f"failed to register CUDA shared memory region: '{request.name}', GPUs not "
-            "supported: inferd does not support CUDA shared memory yet (use system shared "
-            "memory, --allow-client-shm)",
+        await self._engine.register_cuda_region(
+            request.name, request.raw_handle, request.device_id, request.byte_size
         )
+        return pb.CudaSharedMemoryRegisterResponse()
 
     @maps_engine_errors
     async def CudaSharedMemoryUnregister(
         self, request: pb.CudaSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext
     ) -> pb.CudaSharedMemoryUnregisterResponse:
-        return pb.CudaSharedMemoryUnregisterResponse()  # none is ever registered
+        await self._engine.unregister_cuda_region(request.name)
+        return pb.CudaSharedMemoryUnregisterResponse()
 
     @maps_engine_errors
     async def RepositoryModelLoad(

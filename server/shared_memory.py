@@ -22,15 +22,14 @@ import errno
 import os
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from inferd.engines import EngineError, ErrorCode
+from inferd.engines.region_names import RESERVED_PREFIX, already_registered, check_region_name
 
 MAX_REGIONS = 1024
-MAX_NAME_LENGTH = 1024
-RESERVED_PREFIX = "inferd_"  # kept for inferd's own objects (a future multi-process engine)
 SHM_DIRECTORY = "/dev/shm"
 _NAME_MAX = 255  # a file name's limit, which a POSIX shm name is
 _IO_CHUNK = 1 << 30  # Linux moves at most ~2 GiB per read/write call
@@ -127,6 +126,8 @@ class SystemSharedMemoryRegistry:
         self._regions: dict[str, _Region] = {}
         self._lock = threading.Lock()
         self._closed = False
+        # Names registered as the other kind (CUDA shared memory) in this process.
+        self.taken: Callable[[str], bool] = lambda name: False
 
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
         if not self.enabled:
@@ -135,7 +136,7 @@ class SystemSharedMemoryRegistry:
                 f"system shared memory is off on this server: {_TURN_ON} (only where the "
                 "clients are trusted to share this machine's /dev/shm)",
             )
-        _check_name(name)
+        check_region_name(name)
         _check_key(name, key)
         with self._lock:
             self._check_free(name)
@@ -158,10 +159,8 @@ class SystemSharedMemoryRegistry:
     def _check_free(self, name: str) -> None:
         if self._closed:
             raise EngineError(ErrorCode.UNAVAILABLE, "the server is shutting down")
-        if name in self._regions:
-            raise EngineError(
-                ErrorCode.ALREADY_EXISTS, f"shared memory region '{name}' already in manager"
-            )
+        if name in self._regions or self.taken(name):
+            raise already_registered(name)
         if len(self._regions) >= self._max_regions:
             raise EngineError(
                 ErrorCode.UNAVAILABLE,
@@ -239,6 +238,10 @@ class SystemSharedMemoryRegistry:
         with self._lock:
             return set(self._regions)
 
+    def __contains__(self, name: str) -> bool:
+        with self._lock:
+            return name in self._regions
+
     def _acquire(self, name: str, offset: int, byte_size: int, what: str) -> RegionSlice:
         if not self.enabled:
             raise _invalid(f"{what} names shared memory region '{name}', but {_TURN_ON}")
@@ -292,6 +295,12 @@ class RequestRegions:
     outputs: dict[str, RegionSlice] = field(default_factory=dict)
     bytes_read: int = 0
 
+    def reads(self, name: str) -> bool:
+        """Whether this process reads and writes region ``name`` itself: a system region,
+        or any while shared memory is off (so that the error says how to turn it on).
+        Other names are CUDA regions (or unknown), which the engine resolves."""
+        return not self.registry.enabled or name in self.registry
+
     def read_input(self, name: str, offset: int, byte_size: int, what: str) -> bytes:
         piece = self.registry._acquire(name, offset, byte_size, what)
         self.bytes_read += byte_size
@@ -332,18 +341,6 @@ class RequestRegions:
         self.outputs.clear()
         for piece in pieces:
             self.registry._release(piece)
-
-
-def _check_name(name: str) -> None:
-    if not name:
-        raise _invalid("a shared memory region needs a name")
-    if len(name) > MAX_NAME_LENGTH:
-        raise _invalid(f"shared memory region names are at most {MAX_NAME_LENGTH} characters")
-    if name.startswith(RESERVED_PREFIX):
-        raise _invalid(
-            f"failed to register shared memory region '{name}': names starting with "
-            f"'{RESERVED_PREFIX}' are reserved for inferd"
-        )
 
 
 def _check_key(name: str, key: str) -> None:

@@ -29,7 +29,6 @@ from inferd.server.codec import (
     decode_infer_request,
     encode_infer_response,
     shared_memory_regions,
-    uses_shared_memory,
 )
 from inferd.server.shared_memory import RequestRegions, SystemSharedMemoryRegistry
 from inferd.server.status import STATUS_BY_ERROR_CODE
@@ -164,9 +163,12 @@ class StreamCall:
     async def _answer_with(
         self, request: pb.ModelInferRequest, regions: RequestRegions
     ) -> AsyncGenerator[pb.ModelStreamInferResponse | _Abort]:
-        off_loop = uses_shared_memory(request)  # region reads and writes are file I/O
+        regions_named = shared_memory_regions(request)
+        if regions_named:
+            await self._shm.prepare(regions_named)
+        # System regions are read and written with file I/O; CUDA ones in the engine.
+        off_loop = not regions_named.isdisjoint(self._shm.names())
         if off_loop:
-            await self._shm.prepare(shared_memory_regions(request))
             engine_request = await asyncio.to_thread(decode_infer_request, request, None, regions)
         else:
             engine_request = decode_infer_request(request, None, regions)

@@ -29,6 +29,10 @@ class BackendInstance(abc.ABC):
     """One loaded copy of a model. ``gather`` and ``infer`` are called from one instance
     thread at a time."""
 
+    # True: inputs may arrive as device tensors (torch, on a GPU) besides ndarrays, when
+    # a client's CUDA shared memory holds them; ``gather`` and ``infer`` take both.
+    takes_device_tensors: bool = False
+
     def gather(self, requests: Sequence[Mapping[str, np.ndarray]]) -> Mapping[str, np.ndarray]:
         """Stack the requests of a batch into one input per name. A runtime that stages
         inputs somewhere (pinned memory for a GPU) overrides this to write them there

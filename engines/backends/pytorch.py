@@ -5,6 +5,8 @@ CUDA stream. A batch is staged in the instance's pinned host buffers, copied to 
 device without blocking, computed, and copied back into fresh pinned memory, all on
 that stream; the instance thread then waits on one CUDA event, never on the device as
 a whole, so instances on one GPU overlap and the event loop never waits on the GPU.
+Inputs a client left in CUDA shared memory arrive as device tensors: a request alone
+in its batch is read in place, and a batch with such rows is stacked on the device.
 
 Options are model ``parameters`` (strings), plus Triton's
 ``optimization { cuda { graphs: true } }``:
@@ -343,6 +345,7 @@ class TorchInstance(BackendInstance):
         self._model_dtype = options.dtype
         self._output_dtypes = {t.name: _torch_dtype(t.data_type) for t in config.output}
         on_gpu = input_device.type == "cuda"
+        self.takes_device_tensors = on_gpu
         self._stream = torch.cuda.Stream(input_device) if on_gpu else None
         self._staging = _PinnedStaging() if on_gpu else None
         # Recorded after the download to the host, on the stream that does it (a
@@ -415,8 +418,10 @@ class TorchInstance(BackendInstance):
         results = self._convention.results(self._model, self._runner(*arguments))
         return [results[name] for name in self._convention.result_order]
 
-    def _upload(self, name: str, array: np.ndarray) -> torch.Tensor:
-        if self._staging is not None:
+    def _upload(self, name: str, array: np.ndarray | torch.Tensor) -> torch.Tensor:
+        if isinstance(array, torch.Tensor):  # in a client's GPU memory: no host copy
+            tensor = array.to(self._input_device, non_blocking=True)
+        elif self._staging is not None:
             tensor = self._staging.stage(name, np.ascontiguousarray(array))
             tensor = tensor.to(self._input_device, non_blocking=True)
         else:
@@ -427,12 +432,24 @@ class TorchInstance(BackendInstance):
             tensor = tensor.to(self._model_dtype)
         return tensor
 
+    def _on_device(self, part: np.ndarray | torch.Tensor) -> torch.Tensor:
+        if isinstance(part, torch.Tensor):
+            return part.to(self._input_device, non_blocking=True)
+        # torch refuses to wrap read-only memory (a request's bytes): copy those.
+        host = torch.from_numpy(part if part.flags.writeable else part.copy())
+        return host.to(self._input_device)
+
     def gather(self, requests: Sequence[Mapping[str, np.ndarray]]) -> Mapping[str, np.ndarray]:
         if self._staging is None or len(requests) == 1:
             return super().gather(requests)
         batch: dict[str, np.ndarray] = {}
         for name, first in requests[0].items():
             parts = [request[name] for request in requests]
+            if any(isinstance(part, torch.Tensor) for part in parts):
+                # Some rows are in a client's GPU memory: stack them all on the device.
+                with self._on_stream():
+                    batch[name] = torch.cat([self._on_device(part) for part in parts])  # type: ignore[assignment]
+                continue
             shape = (sum(part.shape[0] for part in parts), *first.shape[1:])
             batch[name] = np.concatenate(
                 parts, out=self._staging.host_array(name, shape, first.dtype)

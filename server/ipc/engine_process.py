@@ -32,11 +32,13 @@ from inferd.engines import (
     InferResponse,
     InProcessEngineClient,
     InputTensor,
+    OutputTensor,
     RequestedOutput,
 )
+from inferd.engines.types import SharedMemoryRef
 from inferd.protos import model_config_pb2
 from inferd.protos.datatypes import NUMPY_DTYPES, decode_bytes_tensor, encode_bytes_tensor
-from inferd.server.app import apply_switch_interval, tracing_from_config
+from inferd.server.app import apply_switch_interval, share_region_names, tracing_from_config
 from inferd.server.config import ServerConfig
 from inferd.server.ipc import messages as m
 from inferd.server.ipc.channel import Channel
@@ -81,9 +83,10 @@ class _PublishingClient(InProcessEngineClient):
         repository: Path,
         observer: BatchObserver | None,
         startup_models: tuple[str, ...] | None,
+        allow_client_shm: bool,
         publish: Callable[[], Awaitable[None]],
     ) -> None:
-        super().__init__(repository, observer, startup_models)
+        super().__init__(repository, observer, startup_models, allow_client_shm)
         self._publish = publish
 
     async def load_model(
@@ -134,8 +137,10 @@ class EngineProcess:
             repository,
             self.tracing,
             startup_models(mode, config.load_models),
+            config.allow_client_shm,
             self.publish_catalog,
         )
+        share_region_names(self.regions, self.client.engine.cuda_shared_memory)
         control = ModelControl(self.client, repository, mode, config.repository_poll_secs)
         await control.start()
         await self.client.start()
@@ -173,7 +178,11 @@ class EngineProcess:
             logger.info("engine stopped")
 
     async def publish_regions(self) -> None:
-        await self._publish(lambda seq: m.Regions(seq, self.regions.status("")))
+        await self._publish(lambda seq: m.Regions(seq, self.regions.status(""), self.cuda_names()))
+
+    def cuda_names(self) -> list[str]:
+        assert self.client is not None
+        return sorted(self.client.engine.cuda_shared_memory.names())
 
     async def publish_catalog(self) -> None:
         assert self.client is not None
@@ -277,6 +286,7 @@ class FrontConnection:
                 self._request_ring.size,
                 m.to_wire_catalog(self._process.client.engine.catalog()),
                 self._process.regions.status(""),
+                self._process.cuda_names(),
             )
         )
         self.welcomed = True
@@ -332,7 +342,14 @@ class FrontConnection:
             model_version=None if message.version < 0 else message.version,
             inputs=[self._input(tensor) for tensor in message.inputs],
             requested_outputs=tuple(
-                RequestedOutput(name, class_count) for name, class_count in message.outputs
+                RequestedOutput(
+                    output.name,
+                    output.class_count,
+                    None
+                    if output.region is None
+                    else SharedMemoryRef(output.region, output.offset, output.byte_size),
+                )
+                for output in message.outputs
             ),
             request_id=message.request_id,
             parameters=message.parameters,
@@ -341,6 +358,9 @@ class FrontConnection:
         )
 
     def _input(self, tensor: m.Tensor) -> InputTensor:
+        if tensor.region is not None:  # CUDA shared memory, which the engine reads
+            ref = SharedMemoryRef(tensor.region, tensor.offset, tensor.nbytes)
+            return InputTensor(tensor.name, tensor.datatype, tensor.shape, ref)
         data: memoryview | np.ndarray | None = tensor.data
         if data is None:
             ring = self._request_ring
@@ -392,15 +412,15 @@ class FrontConnection:
                 response.model_name,
                 response.model_version,
                 response.request_id,
-                [
-                    self._output(output.name, output.datatype, output.data)
-                    for output in response.outputs
-                ],
+                [self._output(output) for output in response.outputs],
                 response.final,
             )
         )
 
-    def _output(self, name: str, datatype: str, array: np.ndarray) -> m.Tensor:
+    def _output(self, output: OutputTensor) -> m.Tensor:
+        name, datatype, array = output.name, output.datatype, output.data
+        if output.in_shared_memory:  # written into the client's GPU memory
+            return m.Tensor(name, datatype, array.shape, None, in_shared_memory=True)
         if datatype == "BYTES":
             raw = np.frombuffer(encode_bytes_tensor(array), np.uint8)
         else:
@@ -448,6 +468,16 @@ class FrontConnection:
                 await self._process.publish_regions()
             elif isinstance(call, m.RegionStatusCall):
                 reply.regions = await self._process.regions.region_status(call.name)
+            elif isinstance(call, m.RegisterCudaRegionCall):
+                await client.register_cuda_region(
+                    call.name, call.raw_handle, call.device_id, call.byte_size
+                )
+                await self._process.publish_regions()  # fronts learn the name is CUDA's
+            elif isinstance(call, m.UnregisterCudaRegionCall):
+                await client.unregister_cuda_region(call.name)
+                await self._process.publish_regions()
+            elif isinstance(call, m.CudaRegionStatusCall):
+                reply.cuda_regions = await client.cuda_region_status(call.name)
             else:
                 raise EngineError(ErrorCode.INTERNAL, f"unexpected message {type(call).__name__}")
         except EngineError as exc:

@@ -18,6 +18,7 @@ from typing import Union
 import msgspec
 
 from inferd.engines.catalog import CatalogEntry, ModelInfo
+from inferd.engines.cuda_shared_memory import CudaRegionStatus
 from inferd.engines.errors import ErrorCode
 from inferd.engines.statistics import StatisticsSnapshot
 from inferd.engines.types import ModelIndexEntry, ParameterValue
@@ -40,6 +41,19 @@ class Tensor(msgspec.Struct, array_like=True, gc=False):
     # >= 0: typed contents (their element count, BYTES length-prefixed), which the engine
     # checks as such; -1: the wire's raw bytes.
     elements: int = -1
+    # An input in this CUDA shared-memory region (``nbytes`` at ``offset``), which the
+    # engine reads; the front never touches GPU memory.
+    region: str | None = None
+    # An output the engine wrote into the client's CUDA shared memory: no bytes here.
+    in_shared_memory: bool = False
+
+
+class WantedOutput(msgspec.Struct, array_like=True, gc=False):
+    name: str
+    class_count: int = 0
+    region: str | None = None  # written by the engine into this CUDA shared-memory slice
+    offset: int = 0
+    byte_size: int = 0
 
 
 class TraceRef(msgspec.Struct, array_like=True, gc=False):
@@ -66,7 +80,7 @@ class Infer(msgspec.Struct, array_like=True, tag=2, gc=False):
     version: int  # -1: the newest
     request_id: str
     inputs: list[Tensor]
-    outputs: list[tuple[str, int]]  # (name, class_count); empty: all
+    outputs: list[WantedOutput]  # empty: all
     parameters: dict[str, ParameterValue]
     deadline: float | None  # absolute time.monotonic(), valid in every process here
     trace: TraceRef | None
@@ -144,6 +158,26 @@ class UnregisterRegionCall(msgspec.Struct, array_like=True, tag=12):
     name: str  # empty: every region
 
 
+class RegisterCudaRegionCall(msgspec.Struct, array_like=True, tag=14):
+    """Client CUDA shared memory: mapped and used only in the engine process."""
+
+    call: int
+    name: str
+    raw_handle: bytes
+    device_id: int
+    byte_size: int
+
+
+class CudaRegionStatusCall(msgspec.Struct, array_like=True, tag=15):
+    call: int
+    name: str  # empty: every region
+
+
+class UnregisterCudaRegionCall(msgspec.Struct, array_like=True, tag=16):
+    call: int
+    name: str  # empty: every region
+
+
 # --- engine -> front --------------------------------------------------------------------
 
 
@@ -168,7 +202,8 @@ class Welcome(msgspec.Struct, array_like=True, tag=20):
     response_ring: str  # the engine writes, the front reads
     ring_bytes: int
     catalog: list[WireCatalogEntry]
-    regions: list[RegionStatus]  # client shared-memory regions registered so far
+    regions: list[RegionStatus]  # client system shared-memory regions registered so far
+    cuda_names: list[str]  # and the names of the CUDA ones
 
 
 class Regions(msgspec.Struct, array_like=True, tag=25):
@@ -177,6 +212,8 @@ class Regions(msgspec.Struct, array_like=True, tag=25):
 
     seq: int
     regions: list[RegionStatus]
+    # CUDA regions' names: a front passes tensors naming them to the engine unread.
+    cuda_names: list[str]
 
 
 class Catalog(msgspec.Struct, array_like=True, tag=21):
@@ -211,6 +248,7 @@ class Reply(msgspec.Struct, array_like=True, tag=24):
     statistics: list[StatisticsSnapshot] | None = None
     index: list[ModelIndexEntry] | None = None
     regions: list[RegionStatus] | None = None
+    cuda_regions: list[CudaRegionStatus] | None = None
     code: ErrorCode | None = None  # the call failed
     message: str = ""
 
@@ -229,6 +267,9 @@ FrontMessage = Union[  # noqa: UP007 (msgspec reads the union at runtime on Pyth
     RegisterRegionCall,
     RegionStatusCall,
     UnregisterRegionCall,
+    RegisterCudaRegionCall,
+    CudaRegionStatusCall,
+    UnregisterCudaRegionCall,
 ]
 EngineMessage = Union[Welcome, Catalog, Regions, Result, Failure, Reply]  # noqa: UP007
 

@@ -36,7 +36,9 @@ from inferd.engines import (
     ModelInfo,
     OutputTensor,
 )
+from inferd.engines.cuda_shared_memory import CudaRegionStatus
 from inferd.engines.statistics import StatisticsSnapshot
+from inferd.engines.types import DeviceBytes, RequestedOutput, SharedMemoryRef
 from inferd.protos import model_config_pb2
 from inferd.protos.datatypes import NUMPY_DTYPES, decode_bytes_tensor, encode_bytes_tensor
 from inferd.server.ipc import messages as m
@@ -82,7 +84,8 @@ class RemoteEngineClient:
         self._epoch = epoch
         self.on_readiness = on_readiness
         # Client shared-memory registrations from the engine (a front's mirror of them).
-        self.on_regions: Callable[[list[RegionStatus]], None] | None = None
+        # The engine's client shared-memory regions changed: (system regions, CUDA names).
+        self.on_regions: Callable[[list[RegionStatus], list[str]], None] | None = None
         self._catalog = ModelCatalog()
         self._connection: _Connection | None = None  # welcomed and not lost
         self._keys = itertools.count(1)
@@ -188,7 +191,7 @@ class RemoteEngineClient:
         connection.requests = RingAllocator(connection.request_ring.size)
         self._catalog = ModelCatalog(m.from_wire_catalog(welcome.catalog))
         if self.on_regions is not None:  # a restarted engine has none: clients re-register
-            self.on_regions(welcome.regions)
+            self.on_regions(welcome.regions, welcome.cuda_names)
         self._connection = connection
         connection.welcomed.set_result(None)
         if self.on_readiness is not None:
@@ -210,7 +213,7 @@ class RemoteEngineClient:
             self._applied(message.seq)
         elif isinstance(message, m.Regions):
             if self.on_regions is not None:
-                self.on_regions(message.regions)
+                self.on_regions(message.regions, message.cuda_names)
             self._applied(message.seq)
         elif isinstance(message, m.Welcome):
             self._welcome(message)
@@ -225,7 +228,10 @@ class RemoteEngineClient:
             message.model,
             message.version,
             message.request_id,
-            [OutputTensor(t.name, t.datatype, self._output(t)) for t in message.outputs],
+            [
+                OutputTensor(t.name, t.datatype, self._output(t), t.in_shared_memory)
+                for t in message.outputs
+            ],
             message.final,
         )
         waiter = self._waiters.get(message.key)
@@ -257,6 +263,9 @@ class RemoteEngineClient:
             self._ring_freed.set()
 
     def _output(self, tensor: m.Tensor) -> np.ndarray:
+        if tensor.in_shared_memory:  # only its shape and type: the values are in the region
+            dtype = NUMPY_DTYPES.get(tensor.datatype, np.dtype(object))
+            return np.broadcast_to(np.zeros((), dtype), tensor.shape)
         connection = self._connection
         if tensor.data is not None:
             buffer: memoryview = tensor.data
@@ -324,6 +333,20 @@ class RemoteEngineClient:
 
     async def unload_model(self, name: str) -> None:
         await self.call(lambda call: m.UnloadCall(call, name))
+
+    async def register_cuda_region(
+        self, name: str, raw_handle: bytes, device_id: int, byte_size: int
+    ) -> None:
+        await self.call(
+            lambda call: m.RegisterCudaRegionCall(call, name, raw_handle, device_id, byte_size)
+        )
+
+    async def cuda_region_status(self, name: str) -> list[CudaRegionStatus]:
+        reply = await self.call(lambda call: m.CudaRegionStatusCall(call, name))
+        return reply.cuda_regions or []
+
+    async def unregister_cuda_region(self, name: str) -> None:
+        await self.call(lambda call: m.UnregisterCudaRegionCall(call, name))
 
     async def call(self, make: Callable[[int], m.FrontMessage]) -> m.Reply:
         """A control call to the engine process: ``make`` builds it from its call id."""
@@ -404,7 +427,7 @@ class RemoteEngineClient:
                 -1 if request.model_version is None else request.model_version,
                 request.request_id,
                 inputs,
-                [(output.name, output.class_count) for output in request.requested_outputs],
+                [_wanted(output) for output in request.requested_outputs],
                 request.parameters,
                 request.deadline,
                 trace,
@@ -421,6 +444,18 @@ class RemoteEngineClient:
         offsets: list[int],
     ) -> m.Tensor:
         data = tensor.data
+        if isinstance(data, SharedMemoryRef):  # CUDA shared memory: the engine reads it
+            return m.Tensor(
+                tensor.name,
+                tensor.datatype,
+                tensor.shape,
+                None,
+                data.offset,
+                data.byte_size,
+                region=data.region,
+            )
+        if isinstance(data, DeviceBytes):
+            raise TypeError("device bytes exist only in the engine process")
         elements = -1
         if isinstance(data, np.ndarray):  # typed contents
             elements = len(data)
@@ -482,3 +517,12 @@ class RemoteEngineClient:
         if connection is not None:
             connection.channel.close()
             connection.close()
+
+
+def _wanted(output: RequestedOutput) -> m.WantedOutput:
+    region = output.region
+    if region is None:
+        return m.WantedOutput(output.name, output.class_count)
+    return m.WantedOutput(
+        output.name, output.class_count, region.region, region.offset, region.byte_size
+    )

@@ -26,6 +26,7 @@ class MirroredSharedMemoryRegistry(SystemSharedMemoryRegistry):
     def __init__(self, engine: RemoteEngineClient, enabled: bool, max_request_bytes: int) -> None:
         super().__init__(enabled=enabled, max_request_bytes=max_request_bytes)
         self._engine = engine
+        self._cuda_names: frozenset[str] = frozenset()
         engine.on_regions = self.mirror
 
     async def register_region(self, name: str, key: str, offset: int, byte_size: int) -> None:
@@ -41,11 +42,14 @@ class MirroredSharedMemoryRegistry(SystemSharedMemoryRegistry):
         await self._engine.call(lambda call: m.UnregisterRegionCall(call, name))
 
     async def prepare(self, names: set[str]) -> None:
-        if self.enabled and not names <= self.names():
-            self.mirror(await self.region_status(""))
+        if self.enabled and not names <= self.names() | self._cuda_names:
+            cuda = await self._engine.cuda_region_status("")
+            self.mirror(await self.region_status(""), [region.name for region in cuda])
 
-    def mirror(self, regions: list[RegionStatus]) -> None:
-        """Make this front's regions the engine's ``regions``."""
+    def mirror(self, regions: list[RegionStatus], cuda_names: list[str]) -> None:
+        """Make this front's regions the engine's ``regions``; remember which names are
+        CUDA regions, whose tensors go to the engine unread."""
+        self._cuda_names = frozenset(cuda_names)
         wanted = {region.name: region for region in regions}
         for held in self.status(""):
             if wanted.get(held.name) != held:

@@ -1,0 +1,365 @@
+"""Triton's CUDA shared memory: a client on this machine exports GPU memory (a CUDA IPC
+handle), registers it as a named region, and requests then read inputs from it and
+write outputs into it instead of carrying tensors in gRPC messages.
+
+It lives in the engine's process, the only one with CUDA (front processes pass
+``SharedMemoryRef`` through unread). For a model whose instances take device tensors
+(the pytorch backend on a GPU), an input becomes a view of the client's memory, which the
+instance gathers on the device: no host copy. For any other model it is copied to the
+host once. Outputs are written into their region from the host array the model answered.
+
+Hardened like system shared memory: every offset and size is checked in Python integers
+before any device access; a region's size is checked against the allocation the driver
+actually mapped, so a client that claims more than it allocated cannot make the server
+touch memory past its end; a region in use by a request stays mapped until that request
+is done, even when unregistered meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from inferd.engines.cuda_driver import IPC_HANDLE_BYTES, CudaDriver, CudaDriverError
+from inferd.engines.errors import EngineError, ErrorCode
+from inferd.engines.region_names import already_registered, check_region_name
+from inferd.engines.types import (
+    DeviceBytes,
+    InferRequest,
+    InferResponse,
+    OutputTensor,
+    SharedMemoryRef,
+)
+from inferd.protos.datatypes import encode_bytes_tensor
+
+logger = logging.getLogger(__name__)
+
+MAX_REGIONS = 1024
+_TURN_ON = "start inferd with --allow-client-shm to use CUDA shared memory"
+
+
+def _invalid(message: str) -> EngineError:
+    return EngineError(ErrorCode.INVALID_ARGUMENT, message)
+
+
+@dataclass(frozen=True, slots=True)
+class CudaRegionStatus:
+    name: str
+    device_id: int
+    byte_size: int
+
+
+@dataclass(slots=True)
+class _Region:
+    name: str
+    device_id: int
+    byte_size: int
+    pointer: int  # where the driver mapped the client's allocation
+    memory: Any  # a torch uint8 tensor over [pointer, pointer + byte_size)
+    users: int = 0
+    unregistered: bool = False  # unmap when the last user is done
+
+
+class _CudaArray:
+    """Device memory described by the CUDA array interface, for torch to view."""
+
+    def __init__(self, pointer: int, nbytes: int) -> None:
+        self.__cuda_array_interface__ = {
+            "shape": (nbytes,),
+            "typestr": "|u1",
+            "data": (pointer, False),
+            "version": 2,
+        }
+
+
+class _RegionBytes(DeviceBytes):
+    def __init__(self, view: Any) -> None:
+        self._view = view
+        self.nbytes = int(view.numel())
+
+    def typed(self, datatype: str, shape: tuple[int, ...]) -> object:
+        from inferd.engines.backends.pytorch import TORCH_DTYPES
+
+        dtype = TORCH_DTYPES[datatype]
+        view = self._view
+        if view.data_ptr() % dtype.itemsize:  # torch views only aligned memory as wider types
+            view = view.clone()  # on the device
+        return view.view(dtype).reshape(shape)
+
+
+class CudaSharedMemory:
+    """The registered CUDA regions, by name; thread-safe. ``enabled=False`` refuses them."""
+
+    def __init__(self, enabled: bool, max_regions: int = MAX_REGIONS) -> None:
+        self.enabled = enabled
+        self._max_regions = max_regions
+        self._regions: dict[str, _Region] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self._driver: CudaDriver | None = None
+        self._torch: Any = None
+        # Names registered as the other kind (system shared memory) in this process.
+        self.taken: Callable[[str], bool] = lambda name: False
+
+    def __contains__(self, name: str) -> bool:
+        with self._lock:
+            return name in self._regions
+
+    def names(self) -> set[str]:
+        with self._lock:
+            return set(self._regions)
+
+    def _runtime(self, name: str) -> tuple[CudaDriver, Any]:
+        """The driver and torch, or why this server cannot map GPU memory."""
+        if self._driver is not None:
+            return self._driver, self._torch
+        reason = None
+        try:
+            import torch
+        except ImportError:
+            reason = "torch is not installed (pip install 'inferd[torch]')"
+        else:
+            if not torch.cuda.is_available():
+                reason = "torch sees no CUDA device here"
+        if reason is None:
+            try:
+                self._driver = CudaDriver()
+            except CudaDriverError as exc:
+                reason = str(exc)
+        if reason is not None:
+            raise _invalid(
+                f"failed to register CUDA shared memory region: '{name}', GPUs not supported "
+                f"on this server: {reason}"
+            )
+        self._torch = torch
+        assert self._driver is not None
+        return self._driver, torch
+
+    def register(self, name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:
+        """Map the client's exported allocation (blocking: the first call starts CUDA)."""
+        if not self.enabled:
+            raise EngineError(
+                ErrorCode.UNAVAILABLE,
+                f"CUDA shared memory is off on this server: {_TURN_ON} (only where the "
+                "clients are trusted to share this machine's GPUs)",
+            )
+        check_region_name(name)
+        driver, torch = self._runtime(name)
+        if len(raw_handle) != IPC_HANDLE_BYTES:
+            raise _invalid(
+                f"failed to register CUDA shared memory region '{name}': raw_handle holds "
+                f"{len(raw_handle)} bytes, expected a {IPC_HANDLE_BYTES}-byte CUDA IPC handle "
+                "(cudaIpcGetMemHandle)"
+            )
+        if byte_size <= 0:
+            raise _invalid(
+                f"failed to register CUDA shared memory region '{name}': byte_size must be "
+                f"> 0, got {byte_size}"
+            )
+        count = driver.device_count()
+        if not 0 <= device_id < count:
+            raise _invalid(
+                f"failed to register CUDA shared memory region '{name}': device_id "
+                f"{device_id} is not a GPU of this server (it has {count}: 0 to {count - 1})"
+            )
+        with self._lock:
+            self._check_free(name)
+        try:
+            pointer, mapped = driver.open_ipc(device_id, raw_handle)
+        except CudaDriverError as exc:
+            raise _invalid(
+                f"failed to register CUDA shared memory region '{name}': failed to open CUDA "
+                f"IPC handle: {exc}"
+            ) from None
+        try:
+            if byte_size > mapped:
+                raise _invalid(
+                    f"failed to register CUDA shared memory region '{name}': byte_size "
+                    f"{byte_size} is larger than the {mapped} bytes the handle's allocation "
+                    "holds"
+                )
+            device = torch.device("cuda", device_id)
+            memory = torch.as_tensor(_CudaArray(pointer, byte_size), device=device)
+            with self._lock:
+                self._check_free(name)
+                self._regions[name] = _Region(name, device_id, byte_size, pointer, memory)
+        except BaseException:
+            driver.close_ipc(device_id, pointer)
+            raise
+
+    def _check_free(self, name: str) -> None:
+        if self._closed:
+            raise EngineError(ErrorCode.UNAVAILABLE, "the server is shutting down")
+        if name in self._regions or self.taken(name):
+            raise already_registered(name)
+        if len(self._regions) >= self._max_regions:
+            raise EngineError(
+                ErrorCode.UNAVAILABLE,
+                f"failed to register CUDA shared memory region '{name}': this server holds "
+                f"{self._max_regions} regions already, its limit; unregister some first",
+            )
+
+    def status(self, name: str) -> list[CudaRegionStatus]:
+        with self._lock:
+            if not name:
+                regions = list(self._regions.values())
+            elif name in self._regions:
+                regions = [self._regions[name]]
+            else:
+                raise EngineError(
+                    ErrorCode.NOT_FOUND, f"Unable to find cuda shared memory region: '{name}'"
+                )
+        return [CudaRegionStatus(r.name, r.device_id, r.byte_size) for r in regions]
+
+    def unregister(self, name: str) -> None:
+        """Forget one region (an unknown name is not an error, as in Triton) or, with an
+        empty name, all; a region still in use is unmapped when its last request is done."""
+        with self._lock:
+            if name:
+                region = self._regions.pop(name, None)
+                regions = [region] if region is not None else []
+            else:
+                regions = list(self._regions.values())
+                self._regions.clear()
+            idle = []
+            for region in regions:
+                region.unregistered = True
+                if region.users == 0:
+                    idle.append(region)
+        for region in idle:
+            self._unmap(region)
+
+    def _unmap(self, region: _Region) -> None:
+        region.memory = None  # no view of it may outlive the mapping
+        assert self._driver is not None  # it mapped the region
+        try:
+            self._driver.close_ipc(region.device_id, region.pointer)
+        except CudaDriverError as exc:  # nothing to do but say so
+            logger.error("cannot unmap CUDA shared memory region '%s': %s", region.name, exc)
+
+    def close(self) -> None:
+        """Shutdown: unmap every idle region now and any in use when its request ends."""
+        with self._lock:
+            self._closed = True
+        self.unregister("")
+
+    def _acquire(self, ref: SharedMemoryRef, what: str) -> tuple[_Region, Any]:
+        """The region's slice ``ref`` names, held until ``_release``."""
+        if not self.enabled:
+            raise _invalid(f"{what} names shared memory region '{ref.region}', but {_TURN_ON}")
+        name, offset, byte_size = ref.region, ref.offset, ref.byte_size
+        with self._lock:
+            region = self._regions.get(name)
+            if region is None:
+                raise EngineError(
+                    ErrorCode.NOT_FOUND, f"Unable to find shared memory region: '{name}'"
+                )
+            if offset < 0 or offset >= region.byte_size:
+                raise _invalid(
+                    f"Invalid offset for shared memory region: '{name}' ({what}: offset "
+                    f"{offset}, region of {region.byte_size} bytes)"
+                )
+            if byte_size < 0:
+                raise _invalid(
+                    f"Invalid byte size for shared memory region: '{name}' ({what}: "
+                    f"{byte_size}, expected >= 0)"
+                )
+            if offset + byte_size > region.byte_size:
+                raise _invalid(
+                    f"Invalid offset + byte size for shared memory region: '{name}' ({what}: "
+                    f"{offset} + {byte_size} > {region.byte_size} bytes)"
+                )
+            region.users += 1
+            return region, region.memory[offset : offset + byte_size]
+
+    def _release(self, region: _Region) -> None:
+        with self._lock:
+            region.users -= 1
+            unmap = region.users == 0 and region.unregistered
+        if unmap:
+            self._unmap(region)
+
+    @contextmanager
+    def request(self) -> Iterator[CudaRequestMemory]:
+        """The regions one request reads and writes, held until it is done."""
+        memory = CudaRequestMemory(self)
+        try:
+            yield memory
+        finally:
+            memory.release()
+
+
+@dataclass(slots=True)
+class CudaRequestMemory:
+    """One request's use of CUDA shared memory."""
+
+    registry: CudaSharedMemory
+    _held: list[_Region] = field(default_factory=list)
+
+    def _slice(self, ref: SharedMemoryRef, what: str) -> Any:
+        region, view = self.registry._acquire(ref, what)
+        self._held.append(region)
+        return view
+
+    def copies_inputs(self, request: InferRequest, on_device: bool) -> bool:
+        """Whether ``read_inputs`` copies to the host (then: off the event loop)."""
+        return any(
+            isinstance(tensor.data, SharedMemoryRef)
+            and (not on_device or tensor.datatype == "BYTES")
+            for tensor in request.inputs
+        )
+
+    def read_inputs(self, request: InferRequest, on_device: bool) -> None:
+        """Replace each input's ``SharedMemoryRef``: with a view of the client's memory
+        when the model takes device tensors (``on_device``), else with a host copy."""
+        for tensor in request.inputs:
+            ref = tensor.data
+            if not isinstance(ref, SharedMemoryRef):
+                continue
+            what = f"input tensor '{tensor.name}' for model '{request.model_name}'"
+            view = self._slice(ref, what)
+            if on_device and tensor.datatype != "BYTES":
+                tensor.data = _RegionBytes(view)
+            else:
+                tensor.data = memoryview(view.cpu().numpy())
+
+    def write_outputs(self, request: InferRequest, response: InferResponse) -> None:
+        """Write each output bound to a region there (blocking until it has landed)."""
+        regions = {o.name: o.region for o in request.requested_outputs if o.region is not None}
+        devices = set()
+        for index, output in enumerate(response.outputs):
+            ref = regions.get(output.name)
+            if ref is None:
+                continue
+            what = f"output '{output.name}' for model '{response.model_name}'"
+            if output.datatype == "BYTES":
+                raw = np.frombuffer(bytearray(encode_bytes_tensor(output.data)), np.uint8)
+            else:
+                raw = np.ascontiguousarray(output.data).reshape(-1).view(np.uint8)
+                if not raw.flags.writeable:  # torch wraps only writable arrays
+                    raw = raw.copy()
+            if raw.nbytes > ref.byte_size:
+                raise _invalid(
+                    f"shared memory size specified with the request for output "
+                    f"'{output.name}' ({ref.byte_size} bytes) should be at least "
+                    f"{raw.nbytes} bytes to hold the results (model '{response.model_name}')"
+                )
+            view = self._slice(SharedMemoryRef(ref.region, ref.offset, raw.nbytes), what)
+            view.copy_(self.registry._torch.from_numpy(raw))
+            devices.add(view.device)
+            response.outputs[index] = OutputTensor(
+                output.name, output.datatype, output.data, in_shared_memory=True
+            )
+        for device in devices:  # the client reads them once it has the answer
+            self.registry._torch.cuda.synchronize(device)
+
+    def release(self) -> None:
+        held, self._held = self._held, []
+        for region in held:
+            self.registry._release(region)
