@@ -6,7 +6,9 @@ It lives in the engine's process, the only one with CUDA (front processes pass
 ``SharedMemoryRef`` through unread). For a model whose instances take device tensors
 (the pytorch backend on a GPU), an input becomes a view of the client's memory, which the
 instance gathers on the device: no host copy. For any other model it is copied to the
-host once. Outputs are written into their region from the host array the model answered.
+host once. Outputs are written into their region: from the device when every request of
+the batch writes that output to CUDA shared memory (the instance then keeps it there),
+else from the host array the model answered.
 
 Hardened like system shared memory: every offset and size is checked in Python integers
 before any device access; a region's size is checked against the allocation the driver
@@ -35,6 +37,7 @@ from inferd.engines.types import (
     InferResponse,
     OutputTensor,
     SharedMemoryRef,
+    shape_only,
 )
 from inferd.protos.datatypes import encode_bytes_tensor
 
@@ -297,10 +300,13 @@ class CudaSharedMemory:
 
 @dataclass(slots=True)
 class CudaRequestMemory:
-    """One request's use of CUDA shared memory."""
+    """One request's use of CUDA shared memory: its slices are checked and held from
+    ``read_inputs`` (outputs too, so a bad output region fails before the model runs)
+    until ``release``."""
 
     registry: CudaSharedMemory
     _held: list[_Region] = field(default_factory=list)
+    _outputs: dict[str, Any] = field(default_factory=dict)  # output name -> its slice
 
     def _slice(self, ref: SharedMemoryRef, what: str) -> Any:
         region, view = self.registry._acquire(ref, what)
@@ -317,49 +323,60 @@ class CudaRequestMemory:
 
     def read_inputs(self, request: InferRequest, on_device: bool) -> None:
         """Replace each input's ``SharedMemoryRef``: with a view of the client's memory
-        when the model takes device tensors (``on_device``), else with a host copy."""
+        when the model takes device tensors (``on_device``), else with a host copy; and
+        hold the output slices."""
+        model = request.model_name
+        for output in request.requested_outputs:
+            if output.region is not None:
+                what = f"output '{output.name}' for model '{model}'"
+                self._outputs[output.name] = self._slice(output.region, what)
         for tensor in request.inputs:
             ref = tensor.data
             if not isinstance(ref, SharedMemoryRef):
                 continue
-            what = f"input tensor '{tensor.name}' for model '{request.model_name}'"
-            view = self._slice(ref, what)
+            view = self._slice(ref, f"input tensor '{tensor.name}' for model '{model}'")
             if on_device and tensor.datatype != "BYTES":
                 tensor.data = _RegionBytes(view)
             else:
                 tensor.data = memoryview(view.cpu().numpy())
 
-    def write_outputs(self, request: InferRequest, response: InferResponse) -> None:
+    def write_outputs(self, response: InferResponse) -> None:
         """Write each output bound to a region there (blocking until it has landed)."""
-        regions = {o.name: o.region for o in request.requested_outputs if o.region is not None}
+        torch = self.registry._torch
         devices = set()
         for index, output in enumerate(response.outputs):
-            ref = regions.get(output.name)
-            if ref is None:
+            view = self._outputs.get(output.name)
+            if view is None:
                 continue
-            what = f"output '{output.name}' for model '{response.model_name}'"
-            if output.datatype == "BYTES":
-                raw = np.frombuffer(bytearray(encode_bytes_tensor(output.data)), np.uint8)
+            data = output.data
+            if isinstance(data, torch.Tensor):  # on the device: copied without the host
+                source = data.contiguous().reshape(-1).view(torch.uint8)
+            elif output.datatype == "BYTES":  # a bytearray: writable, as torch wants
+                encoded = bytearray(encode_bytes_tensor(data))
+                source = torch.from_numpy(np.frombuffer(encoded, np.uint8))
             else:
-                raw = np.ascontiguousarray(output.data).reshape(-1).view(np.uint8)
+                raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
                 if not raw.flags.writeable:  # torch wraps only writable arrays
                     raw = raw.copy()
-            if raw.nbytes > ref.byte_size:
+                source = torch.from_numpy(raw)
+            nbytes = source.numel()
+            if nbytes > view.numel():
                 raise _invalid(
                     f"shared memory size specified with the request for output "
-                    f"'{output.name}' ({ref.byte_size} bytes) should be at least "
-                    f"{raw.nbytes} bytes to hold the results (model '{response.model_name}')"
+                    f"'{output.name}' ({view.numel()} bytes) should be at least "
+                    f"{nbytes} bytes to hold the results (model '{response.model_name}')"
                 )
-            view = self._slice(SharedMemoryRef(ref.region, ref.offset, raw.nbytes), what)
-            view.copy_(self.registry._torch.from_numpy(raw))
+            view[:nbytes].copy_(source)
             devices.add(view.device)
+            shape = tuple(data.shape)
             response.outputs[index] = OutputTensor(
-                output.name, output.datatype, output.data, in_shared_memory=True
+                output.name, output.datatype, shape_only(output.datatype, shape), True
             )
         for device in devices:  # the client reads them once it has the answer
             self.registry._torch.cuda.synchronize(device)
 
     def release(self) -> None:
+        self._outputs.clear()
         held, self._held = self._held, []
         for region in held:
             self.registry._release(region)

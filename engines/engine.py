@@ -318,7 +318,7 @@ class Engine:
             with self.cuda_shared_memory.request() as memory:
                 await _read_inputs(memory, request, model)
                 response = await model.infer(request)
-                await asyncio.to_thread(memory.write_outputs, request, response)
+                await asyncio.to_thread(memory.write_outputs, response)
                 return response
         finally:
             self._release(model)
@@ -337,7 +337,7 @@ class Engine:
                 await _read_inputs(memory, request, model)
                 async for item in model.infer_stream(request):
                     if isinstance(item, InferResponse):
-                        await asyncio.to_thread(memory.write_outputs, request, item)
+                        await asyncio.to_thread(memory.write_outputs, item)
                     yield item
         finally:
             self._release(model)

@@ -68,6 +68,8 @@ class Job:
     # Set for a streamed request: its responses go here, and the future only says when
     # it ended (or why it never ran).
     stream: ResponseStream | None = None
+    # Outputs it writes into a client's CUDA shared memory (takes_device_tensors only).
+    device_outputs: frozenset[str] = frozenset()
 
 
 class ResponseOrder:
@@ -170,11 +172,13 @@ class BatchingExecutor:
         request_id: str = "",
         parameters: Mapping[str, ParameterValue] | None = None,
         stream: ResponseStream | None = None,
+        device_outputs: frozenset[str] = frozenset(),
     ) -> Outputs:
         """Queue one request and wait for its outputs; cancelling the wait removes it.
 
         ``trace`` is handed to the observer with the batch the request rides in. With
         ``stream``, responses go there and this returns (empty) once the request ended.
+        ``device_outputs`` may come back as device tensors (see BackendInstance.infer).
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outputs] = loop.create_future()
@@ -201,6 +205,7 @@ class BatchingExecutor:
                 request_id,
                 parameters,
                 stream,
+                device_outputs,
             )
             self._jobs[pending.key] = job
             self._wake_instances()
@@ -350,9 +355,14 @@ class BatchingExecutor:
             names = sorted(
                 {name for job in jobs for name in job.output_names + self._extra_outputs}
             )
+            # Outputs stay on the device only when every request of the batch writes them
+            # into CUDA shared memory: nobody then needs them copied back to the host.
+            keep = frozenset.intersection(*(job.device_outputs for job in jobs))
             infer_ns = time.perf_counter_ns()
             try:
-                outputs = instance.infer(inputs, names)
+                outputs = (
+                    instance.infer(inputs, names, keep) if keep else instance.infer(inputs, names)
+                )
             except Exception as exc:
                 if len(jobs) > 1 and not self._closed:
                     # One request's data can fail a whole batch (a string that does not

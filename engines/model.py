@@ -48,6 +48,7 @@ class _Prepared:
     pending: PendingRequest
     batch_size: int
     class_counts: dict[str, int]
+    device_outputs: frozenset[str]  # written into CUDA shared memory from the device
 
 
 class ModelVersion:
@@ -92,6 +93,7 @@ class ModelVersion:
             request.trace,
             request_id=request.request_id,
             parameters=request.parameters,
+            device_outputs=prepared.device_outputs,
         )
         return self._response(request, prepared, results, final=True)
 
@@ -167,7 +169,12 @@ class ModelVersion:
             timeout_s=int(request.parameters.get("timeout", 0)) / 1e6,  # Triton: microseconds
             deadline=request.deadline,
         )
-        return _Prepared(feed, names, pending, batch_size, class_counts)
+        device_outputs = frozenset(
+            output.name
+            for output in request.requested_outputs
+            if output.region is not None and self.takes_device_tensors
+        )
+        return _Prepared(feed, names, pending, batch_size, class_counts, device_outputs)
 
     def _response(
         self,
@@ -185,6 +192,10 @@ class ModelVersion:
             if spec.reshape is not None:
                 prefix = (batch_size,) if self.max_batch_size > 0 else ()
                 data = data.reshape(prefix + tuple(spec.dims))
+            if spec.name in prepared.device_outputs and not isinstance(data, np.ndarray):
+                # A device tensor, already of the config's type, for CUDA shared memory.
+                outputs.append(OutputTensor(spec.name, spec.datatype, data))
+                continue
             # A runtime may widen or narrow a type; the config's datatype is the contract.
             data = np.asarray(data).astype(NUMPY_DTYPES[spec.datatype], copy=False)
             class_count = class_counts.get(spec.name, 0)

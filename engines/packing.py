@@ -7,6 +7,7 @@ its own rows.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -20,7 +21,8 @@ def gather(requests: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray
 
 
 def scatter(outputs: Mapping[str, np.ndarray], rows: Sequence[int]) -> list[dict[str, np.ndarray]]:
-    """Split each output along dimension 0 by the requests' row counts."""
+    """Split each output along dimension 0 by the requests' row counts: views, by slicing,
+    which device tensors (torch) support as well as ndarrays."""
     if len(rows) == 1:
         return [dict(outputs)]
     total = sum(rows)
@@ -30,9 +32,12 @@ def scatter(outputs: Mapping[str, np.ndarray], rows: Sequence[int]) -> list[dict
                 f"output '{name}' has shape {list(array.shape)}: a batched model must return "
                 f"{total} rows (one per input row) to be split among {len(rows)} requests"
             )
-    bounds = np.cumsum(rows)[:-1]
-    split = {name: np.split(array, bounds) for name, array in outputs.items()}
-    return [{name: parts[index] for name, parts in split.items()} for index in range(len(rows))]
+    ends = list(itertools.accumulate(rows))
+    starts = [0, *ends[:-1]]
+    return [
+        {name: array[start:end] for name, array in outputs.items()}
+        for start, end in zip(starts, ends, strict=True)
+    ]
 
 
 def signature(inputs: Mapping[str, np.ndarray], batched: bool) -> tuple:

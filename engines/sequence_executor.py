@@ -83,8 +83,10 @@ class SequenceBatchingExecutor(BatchingExecutor):
         request_id: str = "",
         parameters: Mapping[str, ParameterValue] | None = None,
         stream: ResponseStream | None = None,
+        device_outputs: frozenset[str] = frozenset(),
     ) -> Outputs:
-        """Queue one step of a sequence, with its control tensors, and wait for it."""
+        """Queue one step of a sequence, with its control tensors, and wait for it.
+        Outputs always come back to the host (``takes_device_tensors`` is False)."""
         try:
             sequence = sequence_parameters(self._policy.model, parameters or {})
             controls = control_tensors(

@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from inferd.engines.errors import EngineError
+from inferd.protos.datatypes import NUMPY_DTYPES
 
 ParameterValue = bool | int | float | str
 
@@ -87,6 +88,13 @@ class InferRequest:
         return any(isinstance(tensor.data, SharedMemoryRef) for tensor in self.inputs) or any(
             output.region is not None for output in self.requested_outputs
         )
+
+
+def shape_only(datatype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """An array that holds only a shape and a type (no memory): an output whose values
+    went into a client's shared memory."""
+    dtype = NUMPY_DTYPES.get(datatype, np.dtype(object))
+    return np.broadcast_to(np.zeros((), dtype), shape)
 
 
 @dataclass(slots=True)

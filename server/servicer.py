@@ -176,7 +176,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if regions_named:
             await self._shm.prepare(regions_named)
         # System regions are read and written with file I/O; CUDA ones in the engine.
-        off_loop = not regions_named.isdisjoint(self._shm.names())
+        off_loop = bool(regions_named) and not regions_named.isdisjoint(self._shm.names())
         if self._tracing is None:
             with self._shm.request() as regions:
                 response = await self._engine.infer(

@@ -167,7 +167,7 @@ class StreamCall:
         if regions_named:
             await self._shm.prepare(regions_named)
         # System regions are read and written with file I/O; CUDA ones in the engine.
-        off_loop = not regions_named.isdisjoint(self._shm.names())
+        off_loop = bool(regions_named) and not regions_named.isdisjoint(self._shm.names())
         if off_loop:
             engine_request = await asyncio.to_thread(decode_infer_request, request, None, regions)
         else:

@@ -276,23 +276,6 @@ def test_metadata_lists_the_extension(client: tritongrpc.InferenceServerClient) 
     assert "system_shared_memory" in client.get_server_metadata().extensions
 
 
-def test_cuda_shared_memory_answers_without_a_gpu(
-    client: tritongrpc.InferenceServerClient,
-) -> None:
-    assert not client.get_cuda_shared_memory_status().regions
-    client.unregister_cuda_shared_memory()
-    client.unregister_cuda_shared_memory("any")
-    missing = _error(lambda: client.get_cuda_shared_memory_status("gpu0"))
-    assert missing.status() == "StatusCode.NOT_FOUND"
-    assert "Unable to find cuda shared memory region: 'gpu0'" in missing.message()
-    refused = _error(lambda: client.register_cuda_shared_memory("gpu0", b"\x00" * 64, 0, 64))
-    assert refused.status() == "StatusCode.INVALID_ARGUMENT"
-    assert "failed to register CUDA shared memory region: 'gpu0', GPUs not supported" in (
-        refused.message()
-    )
-    _assert_still_serves(client)
-
-
 def test_off_by_default(
     demo_server: ServerProcess, regions: Callable[[int], tuple[Any, str]]
 ) -> None:

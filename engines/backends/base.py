@@ -30,7 +30,8 @@ class BackendInstance(abc.ABC):
     thread at a time."""
 
     # True: inputs may arrive as device tensors (torch, on a GPU) besides ndarrays, when
-    # a client's CUDA shared memory holds them; ``gather`` and ``infer`` take both.
+    # a client's CUDA shared memory holds them; ``gather`` and ``infer`` take both, and
+    # ``infer`` honours ``device_outputs``.
     takes_device_tensors: bool = False
 
     def gather(self, requests: Sequence[Mapping[str, np.ndarray]]) -> Mapping[str, np.ndarray]:
@@ -41,9 +42,16 @@ class BackendInstance(abc.ABC):
 
     @abc.abstractmethod
     def infer(
-        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+        self,
+        inputs: Mapping[str, np.ndarray],
+        output_names: Sequence[str],
+        device_outputs: frozenset[str] = frozenset(),
     ) -> dict[str, np.ndarray]:
-        """Run the model; inputs already match the config. Returns the named outputs."""
+        """Run the model; inputs already match the config. Returns the named outputs.
+
+        ``device_outputs`` (only ever non-empty for ``takes_device_tensors``): outputs to
+        return as device tensors, complete and of the config's type, since every request
+        of the batch writes them into a client's CUDA shared memory."""
 
     def cancel(self) -> None:  # noqa: B027 - a runtime that cannot abort a run lets it finish
         """Abort the run in progress, from another thread; its ``infer`` then raises."""

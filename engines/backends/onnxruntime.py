@@ -264,7 +264,10 @@ class _OnnxRuntimeInstance(BackendInstance):
         self._run_options = ort.RunOptions()
 
     def infer(
-        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+        self,
+        inputs: Mapping[str, np.ndarray],
+        output_names: Sequence[str],
+        device_outputs: frozenset[str] = frozenset(),
     ) -> dict[str, np.ndarray]:
         feed: dict[str, np.ndarray] = {}
         text_encoding = "utf-8"

@@ -457,7 +457,10 @@ class TorchInstance(BackendInstance):
         return batch
 
     def infer(
-        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+        self,
+        inputs: Mapping[str, np.ndarray],
+        output_names: Sequence[str],
+        device_outputs: frozenset[str] = frozenset(),
     ) -> dict[str, np.ndarray]:
         with torch.inference_mode(), self._on_stream():
             tensors = {name: self._upload(name, array) for name, array in inputs.items()}
@@ -467,7 +470,12 @@ class TorchInstance(BackendInstance):
                 results = self._forward(arguments)
             by_name = dict(zip(self._convention.result_order, results, strict=True))
             outputs: dict[str, torch.Tensor] = {}
+            on_device: dict[str, torch.Tensor] = {}
             for name in output_names:
+                if name in device_outputs:
+                    # A copy: CUDA graphs' outputs are overwritten by the next replay.
+                    on_device[name] = by_name[name].to(self._output_dtypes[name], copy=True)
+                    continue
                 result = by_name[name].to(self._output_dtypes[name])
                 if result.device.type == "cuda":
                     host = torch.empty(result.shape, dtype=result.dtype, pin_memory=True)
@@ -477,7 +485,9 @@ class TorchInstance(BackendInstance):
                 self._done.record(torch.cuda.current_stream(self._output_device))
         if self._done is not None:
             self._done.synchronize()  # this batch only; releases the GIL while it waits
-        return {name: tensor.numpy() for name, tensor in outputs.items()}
+        results = {name: tensor.numpy() for name, tensor in outputs.items()}
+        results.update(on_device)  # type: ignore[arg-type]
+        return results
 
 
 def _fixed_row_shapes(

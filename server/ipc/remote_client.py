@@ -38,7 +38,7 @@ from inferd.engines import (
 )
 from inferd.engines.cuda_shared_memory import CudaRegionStatus
 from inferd.engines.statistics import StatisticsSnapshot
-from inferd.engines.types import DeviceBytes, RequestedOutput, SharedMemoryRef
+from inferd.engines.types import DeviceBytes, RequestedOutput, SharedMemoryRef, shape_only
 from inferd.protos import model_config_pb2
 from inferd.protos.datatypes import NUMPY_DTYPES, decode_bytes_tensor, encode_bytes_tensor
 from inferd.server.ipc import messages as m
@@ -263,9 +263,8 @@ class RemoteEngineClient:
             self._ring_freed.set()
 
     def _output(self, tensor: m.Tensor) -> np.ndarray:
-        if tensor.in_shared_memory:  # only its shape and type: the values are in the region
-            dtype = NUMPY_DTYPES.get(tensor.datatype, np.dtype(object))
-            return np.broadcast_to(np.zeros((), dtype), tensor.shape)
+        if tensor.in_shared_memory:  # the values are in the client's region
+            return shape_only(tensor.datatype, tensor.shape)
         connection = self._connection
         if tensor.data is not None:
             buffer: memoryview = tensor.data

@@ -1,0 +1,555 @@
+"""Triton's CUDA shared memory.
+
+Without a GPU (CI): the registry's refusals and the engine-side pieces that are plain
+torch or plain logic (typed device views, slicing device outputs, an instance keeping
+outputs as tensors), and what a server answers over gRPC.
+
+With a GPU (bench/gpu_cuda_shm.sh on a lent machine): tritonclient's own CUDA shared
+memory utilities against real ``inferd serve`` processes, one process and two front
+processes, for a CPU model (inputs copied to the host once) and a pytorch model on the
+GPU (inputs read in place, outputs written from the device), plus hostile registrations.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import os
+import shutil
+import textwrap
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.grpc as tritongrpc
+import tritonclient.utils.shared_memory as system_shm
+from google.protobuf import text_format
+from tritonclient.utils import (
+    InferenceServerException,
+    deserialize_bytes_tensor,
+    serialize_byte_tensor,
+)
+
+from inferd.engines import EngineError, ErrorCode, InferRequest, InputTensor, RequestedOutput
+from inferd.engines.backends.base import InstanceSpec
+from inferd.engines.backends.pytorch import TorchBackend
+from inferd.engines.cuda_shared_memory import CudaSharedMemory, _RegionBytes
+from inferd.engines.demo_repository import build_demo_repository
+from inferd.engines.packing import scatter
+from inferd.engines.types import DeviceBytes, SharedMemoryRef
+from inferd.engines.validation import TensorSpec, validate_request
+from inferd.protos import model_config_pb2
+from tests.server_process import ServerProcess, serve
+from tests.torch_model_builders import WIDTH, mlp_config, write_torchscript
+
+TIMEOUT_S = 30.0
+
+try:  # tritonclient's CUDA helpers need cuda-python, which only a GPU machine has
+    import tritonclient.utils.cuda_shared_memory as cuda_shm
+except (ImportError, RuntimeError):
+    cuda_shm = None
+
+NEEDS_GPU = pytest.mark.skipif(
+    not torch.cuda.is_available() or cuda_shm is None,
+    reason="needs a CUDA GPU and cuda-python (tritonclient's CUDA shared memory); CI has "
+    "neither: bench/gpu_cuda_shm.sh runs these on a lent GPU machine",
+)
+
+
+def _error(call: Callable[[], object]) -> Any:
+    with pytest.raises((EngineError, InferenceServerException)) as raised:
+        call()
+    return raised.value
+
+
+# --- the registry, without a GPU ---------------------------------------------------------
+
+
+def test_registering_is_refused_while_shared_memory_is_off() -> None:
+    error = _error(lambda: CudaSharedMemory(enabled=False).register("r", b"\0" * 64, 0, 64))
+    assert error.code is ErrorCode.UNAVAILABLE
+    assert "CUDA shared memory is off on this server: start inferd with --allow-client-shm" in (
+        error.message
+    )
+
+
+def test_status_and_unregister_know_no_regions() -> None:
+    regions = CudaSharedMemory(enabled=True)
+    assert regions.status("") == []
+    error = _error(lambda: regions.status("gpu0"))
+    assert error.code is ErrorCode.NOT_FOUND
+    assert error.message == "Unable to find cuda shared memory region: 'gpu0'"
+    regions.unregister("gpu0")  # an unknown name is not an error, as in Triton
+    regions.unregister("")
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("", "a shared memory region needs a name"),
+        ("inferd_ring", "names starting with 'inferd_' are reserved for inferd"),
+        ("x" * 1025, "shared memory region names are at most 1024 characters"),
+    ],
+)
+def test_names_are_checked_before_anything_else(name: str, message: str) -> None:
+    error = _error(lambda: CudaSharedMemory(enabled=True).register(name, b"\0" * 64, 0, 64))
+    assert error.code is ErrorCode.INVALID_ARGUMENT
+    assert message in error.message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_registering_without_a_gpu_says_why() -> None:
+    error = _error(lambda: CudaSharedMemory(enabled=True).register("r", b"\0" * 64, 0, 64))
+    assert error.code is ErrorCode.INVALID_ARGUMENT
+    assert error.message.startswith(
+        "failed to register CUDA shared memory region: 'r', GPUs not supported on this "
+        "server: torch sees no CUDA device here"
+    )
+
+
+def test_a_request_naming_an_unknown_region_is_not_found() -> None:
+    regions = CudaSharedMemory(enabled=True)
+    request = InferRequest(
+        "m", None, [InputTensor("X", "FP32", (1,), SharedMemoryRef("nowhere", 0, 4))]
+    )
+    with regions.request() as memory:
+        error = _error(lambda: memory.read_inputs(request, on_device=False))
+    assert error.code is ErrorCode.NOT_FOUND
+    assert error.message == "Unable to find shared memory region: 'nowhere'"
+    output = RequestedOutput("Y", region=SharedMemoryRef("elsewhere", 0, 4))
+    request = InferRequest("m", None, [], requested_outputs=(output,))
+    with regions.request() as memory:
+        error = _error(lambda: memory.read_inputs(request, on_device=False))
+    assert error.message == "Unable to find shared memory region: 'elsewhere'"
+
+
+# --- engine pieces that are plain torch ----------------------------------------------------
+
+
+class _HostBytes(DeviceBytes):
+    """Bytes that say they are on a device: what validation does with device bytes."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.nbytes = len(data)
+
+    def typed(self, datatype: str, shape: tuple[int, ...]) -> object:
+        return np.frombuffer(self._data, np.float32).reshape(shape)
+
+
+def test_validation_checks_device_bytes_by_size_and_keeps_them_typed() -> None:
+    specs = (TensorSpec("X", "FP32", (2,)),)
+    outputs = (TensorSpec("Y", "FP32", (2,)),)
+    good = InputTensor("X", "FP32", (1, 2), _HostBytes(np.ones(2, np.float32).tobytes()))
+    validate_request(InferRequest("m", None, [good]), specs, outputs, max_batch_size=4)
+    assert good.array is not None and good.array.tolist() == [[1.0, 1.0]]
+
+    short = InputTensor("X", "FP32", (1, 2), _HostBytes(b"\0" * 4))
+    error = _error(lambda: validate_request(InferRequest("m", None, [short]), specs, outputs, 4))
+    assert "input byte size mismatch for input 'X' for model 'm'. Expected 8, got 4" in (
+        error.message
+    )
+    unresolved = InputTensor("X", "FP32", (1, 2), SharedMemoryRef("r", 0, 8))
+    error = _error(
+        lambda: validate_request(InferRequest("m", None, [unresolved]), specs, outputs, 4)
+    )
+    assert error.code is ErrorCode.INTERNAL
+
+
+def test_region_bytes_view_in_place_when_aligned_and_copy_when_not() -> None:
+    memory = torch.arange(16, dtype=torch.uint8)
+    aligned = _RegionBytes(memory[4:12]).typed("INT32", (1, 2))
+    assert isinstance(aligned, torch.Tensor)
+    assert aligned.data_ptr() == memory[4:].data_ptr()  # the client's memory itself
+    assert aligned.flatten().tolist() == np.arange(4, 12, dtype=np.uint8).view(np.int32).tolist()
+    shifted = _RegionBytes(memory[1:9]).typed("INT32", (2,))
+    assert isinstance(shifted, torch.Tensor)
+    assert shifted.tolist() == np.arange(1, 9, dtype=np.uint8).view(np.int32).tolist()
+
+
+def test_scatter_slices_device_tensors_by_rows() -> None:
+    batch = {"Y": torch.arange(12).reshape(6, 2)}
+    parts = scatter(batch, [1, 3, 2])
+    assert [part["Y"].tolist() for part in parts] == [
+        [[0, 1]],
+        [[2, 3], [4, 5], [6, 7]],
+        [[8, 9], [10, 11]],
+    ]
+    assert parts[1]["Y"].data_ptr() == batch["Y"][1].data_ptr()  # views, not copies
+
+
+def test_a_torch_instance_returns_device_outputs_as_fresh_tensors(tmp_path: Path) -> None:
+    module = write_torchscript(tmp_path, "mlp")
+    config = model_config_pb2.ModelConfig()
+    text_format.Parse(mlp_config("mlp", "model.pt"), config)
+    instance = TorchBackend().load(
+        tmp_path / "mlp" / "1" / "model.pt", config, InstanceSpec(0, "CPU")
+    )
+    inputs = np.random.default_rng(0).standard_normal((3, WIDTH), dtype=np.float32)
+    kept = instance.infer({"INPUT0": inputs}, ["OUTPUT0"], frozenset({"OUTPUT0"}))
+    host = instance.infer({"INPUT0": inputs}, ["OUTPUT0"])
+    assert isinstance(kept["OUTPUT0"], torch.Tensor)
+    assert kept["OUTPUT0"].dtype == torch.float32
+    assert isinstance(host["OUTPUT0"], np.ndarray)
+    np.testing.assert_allclose(kept["OUTPUT0"].numpy(), host["OUTPUT0"], rtol=1e-6)
+    with torch.inference_mode():
+        expected = module(torch.from_numpy(inputs)).numpy()
+    np.testing.assert_allclose(host["OUTPUT0"], expected, rtol=1e-5, atol=1e-6)
+
+
+# --- over gRPC, without a GPU ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=["1", "2"], ids=lambda n: f"frontends-{n}")
+def cpu_server(demo_repository: Path, request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+    yield from serve(demo_repository, "--allow-client-shm", "--frontends", request.param)
+
+
+def _simple_inputs() -> list[tritongrpc.InferInput]:
+    inputs = [tritongrpc.InferInput(f"INPUT{i}", [1, 16], "INT32") for i in range(2)]
+    for tensor in inputs:
+        tensor.set_data_from_numpy(np.ones((1, 16), np.int32))
+    return inputs
+
+
+def _assert_still_serves(client: tritongrpc.InferenceServerClient) -> None:
+    result = client.infer("simple", _simple_inputs(), client_timeout=TIMEOUT_S)
+    assert result.as_numpy("OUTPUT0").tolist() == [[2] * 16]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_server_without_a_gpu_answers_every_cuda_rpc(cpu_server: ServerProcess) -> None:
+    client = tritongrpc.InferenceServerClient(cpu_server.address)
+    try:
+        assert not client.get_cuda_shared_memory_status().regions
+        client.unregister_cuda_shared_memory()
+        handle = base64.b64encode(os.urandom(64))  # as tritonclient's get_raw_handle gives it
+        refused = _error(lambda: client.register_cuda_shared_memory("gpu0", handle, 0, 64))
+        assert refused.status() == "StatusCode.INVALID_ARGUMENT"
+        assert "failed to register CUDA shared memory region: 'gpu0', GPUs not supported" in (
+            refused.message()
+        )
+        outputs = [tritongrpc.InferRequestedOutput("OUTPUT0")]
+        outputs[0].set_shared_memory("gpu0", 64)
+        missing = _error(
+            lambda: client.infer(
+                "simple", _simple_inputs(), outputs=outputs, client_timeout=TIMEOUT_S
+            )
+        )
+        assert missing.status() == "StatusCode.NOT_FOUND"
+        assert "Unable to find shared memory region: 'gpu0'" in missing.message()
+        _assert_still_serves(client)
+    finally:
+        client.close()
+
+
+# --- with a GPU: tritonclient's CUDA shared memory against real servers --------------------
+
+GPU_MODEL = "gpu_add_sub"
+GPU_CONFIG = textwrap.dedent(
+    f"""
+    name: "{GPU_MODEL}"
+    platform: "pytorch_libtorch"
+    max_batch_size: 8
+    input [
+      {{ name: "left" data_type: TYPE_INT32 dims: [ 16 ] }},
+      {{ name: "right" data_type: TYPE_INT32 dims: [ 16 ] }}
+    ]
+    output [
+      {{ name: "SUM__0" data_type: TYPE_INT32 dims: [ 16 ] }},
+      {{ name: "DIFF__1" data_type: TYPE_INT32 dims: [ 16 ] }}
+    ]
+    instance_group [ {{ kind: KIND_GPU count: 2 }} ]
+    dynamic_batching {{ max_queue_delay_microseconds: 2000 }}
+    """
+)
+ROW_BYTES = 16 * 4
+
+
+class _AddSub(torch.nn.Module):
+    def forward(self, left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return left + right, left - right
+
+
+@pytest.fixture(scope="module")
+def gpu_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cuda-shm")
+    demo = build_demo_repository(root / "demo")
+    repository = root / "models"
+    for name in ("simple", "simple_string"):
+        shutil.copytree(demo / name, repository / name)
+    version = repository / GPU_MODEL / "1"
+    version.mkdir(parents=True)
+    (repository / GPU_MODEL / "config.pbtxt").write_text(GPU_CONFIG)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(_AddSub().eval()).save(str(version / "model.pt"))
+    return repository
+
+
+@pytest.fixture(scope="module", params=["1", "2"], ids=lambda n: f"frontends-{n}")
+def gpu_server(gpu_repository: Path, request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+    if not torch.cuda.is_available() or cuda_shm is None:
+        pytest.skip("needs a CUDA GPU and cuda-python")
+    yield from serve(gpu_repository, "--allow-client-shm", "--frontends", request.param)
+
+
+@pytest.fixture
+def gpu_client(gpu_server: ServerProcess) -> Iterator[tritongrpc.InferenceServerClient]:
+    client = tritongrpc.InferenceServerClient(gpu_server.address)
+    yield client
+    client.unregister_cuda_shared_memory()
+    client.unregister_system_shared_memory()
+    client.close()
+
+
+@pytest.fixture
+def cuda_regions(
+    gpu_client: tritongrpc.InferenceServerClient,
+) -> Iterator[Callable[..., Any]]:
+    """Allocate GPU memory, register it under a fresh name: (handle, name)."""
+    assert cuda_shm is not None
+    made: list[Any] = []
+
+    def make(byte_size: int, register: bool = True) -> tuple[Any, str]:
+        name = f"cuda_{uuid.uuid4().hex[:12]}"
+        handle = cuda_shm.create_shared_memory_region(name, byte_size, 0)
+        made.append(handle)
+        if register:
+            raw = cuda_shm.get_raw_handle(handle)
+            gpu_client.register_cuda_shared_memory(name, raw, 0, byte_size)
+        return handle, name
+
+    yield make
+    for handle in made:
+        cuda_shm.destroy_shared_memory_region(handle)
+
+
+def _read(handle: Any, dtype: np.dtype, count: int, offset: int) -> np.ndarray:
+    assert cuda_shm is not None
+    whole = cuda_shm.get_contents_as_numpy(handle, "UINT8", [offset + count * dtype.itemsize])
+    return whole[offset:].view(dtype)
+
+
+def _add_sub(
+    client: tritongrpc.InferenceServerClient,
+    model: str,
+    names: tuple[str, str],
+    inputs_region: str,
+    outputs_region: str,
+    rows: int = 1,
+    out_offset: int = 0,
+) -> tritongrpc.InferResult:
+    nbytes = rows * ROW_BYTES
+    inputs = [tritongrpc.InferInput(name, [rows, 16], "INT32") for name in names]
+    inputs[0].set_shared_memory(inputs_region, nbytes)
+    inputs[1].set_shared_memory(inputs_region, nbytes, offset=nbytes)
+    output_names = ("SUM__0", "DIFF__1") if model == GPU_MODEL else ("OUTPUT0", "OUTPUT1")
+    outputs = [tritongrpc.InferRequestedOutput(name) for name in output_names]
+    outputs[0].set_shared_memory(outputs_region, nbytes, offset=out_offset)
+    outputs[1].set_shared_memory(outputs_region, nbytes, offset=out_offset + nbytes)
+    return client.infer(model, inputs, outputs=outputs, client_timeout=TIMEOUT_S)
+
+
+@NEEDS_GPU
+def test_register_status_and_unregister(
+    gpu_client: tritongrpc.InferenceServerClient, cuda_regions: Callable[..., Any]
+) -> None:
+    _, first = cuda_regions(256)
+    _, second = cuda_regions(1024)
+    status = gpu_client.get_cuda_shared_memory_status()
+    assert {name: (r.device_id, r.byte_size) for name, r in status.regions.items()} == {
+        first: (0, 256),
+        second: (0, 1024),
+    }
+    gpu_client.unregister_cuda_shared_memory(first)
+    assert list(gpu_client.get_cuda_shared_memory_status().regions) == [second]
+    gpu_client.unregister_cuda_shared_memory()
+    assert not gpu_client.get_cuda_shared_memory_status().regions
+
+
+@NEEDS_GPU
+@pytest.mark.parametrize(
+    ("model", "names"),
+    [("simple", ("INPUT0", "INPUT1")), (GPU_MODEL, ("left", "right"))],
+    ids=["cpu-model", "gpu-model"],
+)
+def test_inputs_and_outputs_in_cuda_shared_memory(
+    gpu_client: tritongrpc.InferenceServerClient,
+    cuda_regions: Callable[..., Any],
+    model: str,
+    names: tuple[str, str],
+) -> None:
+    assert cuda_shm is not None
+    left = np.arange(16, dtype=np.int32).reshape(1, 16)
+    right = np.full((1, 16), 3, dtype=np.int32)
+    in_handle, in_name = cuda_regions(2 * ROW_BYTES)
+    cuda_shm.set_shared_memory_region(in_handle, [left, right])
+    out_handle, out_name = cuda_regions(32 + 2 * ROW_BYTES)
+    result = _add_sub(gpu_client, model, names, in_name, out_name, out_offset=32)
+    response = result.get_response()
+    assert [(o.datatype, list(o.shape)) for o in response.outputs] == [("INT32", [1, 16])] * 2
+    assert list(response.raw_output_contents) == [b"", b""]  # the values are in the region
+    assert _read(out_handle, np.dtype(np.int32), 16, 32).tolist() == (left + right)[0].tolist()
+    difference = _read(out_handle, np.dtype(np.int32), 16, 32 + ROW_BYTES)
+    assert difference.tolist() == (left - right)[0].tolist()
+
+
+@NEEDS_GPU
+def test_concurrent_requests_batch_on_the_device(
+    gpu_client: tritongrpc.InferenceServerClient, cuda_regions: Callable[..., Any]
+) -> None:
+    """Requests in CUDA shared memory, and plain ones beside them, batched together."""
+    assert cuda_shm is not None
+    count = 24
+    lefts = [np.full((2, 16), index, np.int32) for index in range(count)]
+    right = np.arange(32, dtype=np.int32).reshape(2, 16)
+    regions = []
+    for left in lefts:
+        in_handle, in_name = cuda_regions(4 * ROW_BYTES)
+        cuda_shm.set_shared_memory_region(in_handle, [left, right])
+        out_handle, out_name = cuda_regions(4 * ROW_BYTES)
+        regions.append((in_name, out_handle, out_name))
+
+    def in_shared_memory(index: int) -> None:
+        in_name, _, out_name = regions[index]
+        _add_sub(gpu_client, GPU_MODEL, ("left", "right"), in_name, out_name, rows=2)
+
+    def plain(index: int) -> np.ndarray:
+        inputs = [tritongrpc.InferInput(name, [2, 16], "INT32") for name in ("left", "right")]
+        inputs[0].set_data_from_numpy(lefts[index])
+        inputs[1].set_data_from_numpy(right)
+        result = gpu_client.infer(GPU_MODEL, inputs, client_timeout=TIMEOUT_S)
+        return result.as_numpy("SUM__0")
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        shared = [pool.submit(in_shared_memory, index) for index in range(count)]
+        inline = [pool.submit(plain, index) for index in range(count)]
+        for future in shared:
+            future.result()
+        for index, future in enumerate(inline):
+            assert future.result().tolist() == (lefts[index] + right).tolist()
+    for index, (_, out_handle, _) in enumerate(regions):
+        total = _read(out_handle, np.dtype(np.int32), 32, 0).reshape(2, 16)
+        assert total.tolist() == (lefts[index] + right).tolist(), index
+
+
+@NEEDS_GPU
+def test_bytes_tensors_through_cuda_shared_memory(
+    gpu_client: tritongrpc.InferenceServerClient, cuda_regions: Callable[..., Any]
+) -> None:
+    assert cuda_shm is not None
+    first = np.array([[str(i).encode() for i in range(16)]], dtype=np.object_)
+    second = np.array([[b"1"] * 16], dtype=np.object_)
+    serialized = [serialize_byte_tensor(first), serialize_byte_tensor(second)]
+    sizes = [int(part.size * part.itemsize) for part in serialized]
+    in_handle, in_name = cuda_regions(sum(sizes))
+    cuda_shm.set_shared_memory_region(in_handle, serialized)
+    out_handle, out_name = cuda_regions(1024)
+    inputs = [tritongrpc.InferInput(f"INPUT{i}", [1, 16], "BYTES") for i in range(2)]
+    inputs[0].set_shared_memory(in_name, sizes[0])
+    inputs[1].set_shared_memory(in_name, sizes[1], offset=sizes[0])
+    outputs = [tritongrpc.InferRequestedOutput("OUTPUT0")]
+    outputs[0].set_shared_memory(out_name, 1024)
+    gpu_client.infer("simple_string", inputs, outputs=outputs, client_timeout=TIMEOUT_S)
+    raw = cuda_shm.get_contents_as_numpy(out_handle, "UINT8", [1024]).tobytes()
+    sums = deserialize_bytes_tensor(raw)[:16]
+    assert [int(value) for value in sums] == [i + 1 for i in range(16)]
+
+
+@NEEDS_GPU
+def test_stream_infer_reads_and_writes_cuda_shared_memory(
+    gpu_client: tritongrpc.InferenceServerClient, cuda_regions: Callable[..., Any]
+) -> None:
+    assert cuda_shm is not None
+    import queue
+
+    left = np.arange(16, dtype=np.int32).reshape(1, 16)
+    in_handle, in_name = cuda_regions(2 * ROW_BYTES)
+    cuda_shm.set_shared_memory_region(in_handle, [left, left])
+    out_handle, out_name = cuda_regions(2 * ROW_BYTES)
+    answers: queue.Queue[Any] = queue.Queue()
+    gpu_client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        inputs = [tritongrpc.InferInput(name, [1, 16], "INT32") for name in ("left", "right")]
+        inputs[0].set_shared_memory(in_name, ROW_BYTES)
+        inputs[1].set_shared_memory(in_name, ROW_BYTES, offset=ROW_BYTES)
+        outputs = [tritongrpc.InferRequestedOutput("SUM__0")]
+        outputs[0].set_shared_memory(out_name, ROW_BYTES)
+        gpu_client.async_stream_infer(GPU_MODEL, inputs, outputs=outputs)
+        result, error = answers.get(timeout=TIMEOUT_S)
+    finally:
+        gpu_client.stop_stream()
+    assert error is None and result is not None
+    assert _read(out_handle, np.dtype(np.int32), 16, 0).tolist() == (2 * left)[0].tolist()
+
+
+@NEEDS_GPU
+def test_hostile_registrations_are_refused_and_the_server_serves(
+    gpu_client: tritongrpc.InferenceServerClient, cuda_regions: Callable[..., Any]
+) -> None:
+    assert cuda_shm is not None
+    handle, _ = cuda_regions(256, register=False)
+    raw = cuda_shm.get_raw_handle(handle)
+    cases = [
+        (("big", raw, 0, 1 << 40), "larger than the"),
+        (("short", base64.b64encode(b"x" * 10), 0, 64), "raw_handle holds 10 bytes"),
+        (("garbage", base64.b64encode(os.urandom(64)), 0, 64), "failed to open CUDA IPC"),
+        (("device", raw, 99, 64), "device_id 99 is not a GPU of this server"),
+        (("negative", raw, -1, 64), "device_id -1 is not a GPU of this server"),
+        (("inferd_x", raw, 0, 64), "reserved for inferd"),
+    ]
+    for arguments, message in cases:
+        error = _error(
+            lambda arguments=arguments: gpu_client.register_cuda_shared_memory(*arguments)
+        )
+        assert error.status() == "StatusCode.INVALID_ARGUMENT", arguments[0]
+        assert message in error.message(), (arguments[0], error.message())
+    _assert_still_serves(gpu_client)
+
+    gpu_client.register_cuda_shared_memory("mine", raw, 0, 256)
+    twice = _error(lambda: gpu_client.register_cuda_shared_memory("mine", raw, 0, 256))
+    assert twice.status() == "StatusCode.ALREADY_EXISTS"
+    key = f"/cudatest_{uuid.uuid4().hex}"
+    system = system_shm.create_shared_memory_region("sys", key, 64)
+    try:
+        clash = _error(lambda: gpu_client.register_system_shared_memory("mine", key, 64))
+        assert clash.status() == "StatusCode.ALREADY_EXISTS"
+        assert "shared memory region 'mine' already in manager" in clash.message()
+    finally:
+        system_shm.destroy_shared_memory_region(system)
+    _assert_still_serves(gpu_client)
+
+
+@NEEDS_GPU
+def test_slices_outside_a_region_are_refused(
+    gpu_client: tritongrpc.InferenceServerClient, cuda_regions: Callable[..., Any]
+) -> None:
+    _, name = cuda_regions(ROW_BYTES)
+    cases = [
+        (ROW_BYTES, 4, "Invalid offset for shared memory region"),
+        (2**63 - 1, 4, "Invalid offset for shared memory region"),
+        (8, ROW_BYTES, "Invalid offset + byte size for shared memory region"),
+    ]
+    for offset, size, message in cases:
+        inputs = _simple_inputs()
+        inputs[0].set_shared_memory(name, size, offset=offset)
+        error = _error(lambda inputs=inputs: gpu_client.infer("simple", inputs))
+        assert error.status() == "StatusCode.INVALID_ARGUMENT"
+        assert message in error.message()
+    outputs = [tritongrpc.InferRequestedOutput("OUTPUT0")]
+    outputs[0].set_shared_memory(name, 8)
+    small = _error(lambda: gpu_client.infer("simple", _simple_inputs(), outputs=outputs))
+    assert small.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "should be at least 64 bytes to hold the results" in small.message()
+    gpu_client.unregister_cuda_shared_memory(name)
+    inputs = _simple_inputs()
+    inputs[0].set_shared_memory(name, ROW_BYTES)
+    gone = _error(lambda: gpu_client.infer("simple", inputs))
+    assert gone.status() == "StatusCode.NOT_FOUND"
+    _assert_still_serves(gpu_client)
