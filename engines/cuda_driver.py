@@ -22,7 +22,9 @@ class CudaDriverError(Exception):
 
 
 class _IpcMemHandle(ctypes.Structure):
-    _fields_ = [("reserved", ctypes.c_ubyte * IPC_HANDLE_BYTES)]
+    # 64 opaque bytes, passed by value. As words, not a byte array: older ctypes passed
+    # structs holding arrays by value wrongly on x86-64 (CPython bpo-22273).
+    _fields_ = [(f"word{index}", ctypes.c_uint64) for index in range(IPC_HANDLE_BYTES // 8)]
 
     @classmethod
     def of(cls, raw: bytes) -> _IpcMemHandle:
