@@ -20,8 +20,7 @@ is done, even when unregistered meanwhile.
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +29,7 @@ import numpy as np
 
 from inferd.engines.cuda_driver import IPC_HANDLE_BYTES, CudaDriver, CudaDriverError
 from inferd.engines.errors import EngineError, ErrorCode
-from inferd.engines.region_names import already_registered, check_region_name
+from inferd.engines.region_table import MAX_REGIONS, Lease, RegionTable, check_region_name
 from inferd.engines.types import (
     DeviceBytes,
     InferRequest,
@@ -43,7 +42,6 @@ from inferd.protos.datatypes import encode_bytes_tensor
 
 logger = logging.getLogger(__name__)
 
-MAX_REGIONS = 1024
 _TURN_ON = "start inferd with --allow-client-shm to use CUDA shared memory"
 
 
@@ -58,15 +56,13 @@ class CudaRegionStatus:
     byte_size: int
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Region:
     name: str
     device_id: int
     byte_size: int
     pointer: int  # where the driver mapped the client's allocation
     memory: Any  # a torch uint8 tensor over [pointer, pointer + byte_size)
-    users: int = 0
-    unregistered: bool = False  # unmap when the last user is done
 
 
 class _CudaArray:
@@ -101,22 +97,16 @@ class CudaSharedMemory:
 
     def __init__(self, enabled: bool, max_regions: int = MAX_REGIONS) -> None:
         self.enabled = enabled
-        self._max_regions = max_regions
-        self._regions: dict[str, _Region] = {}
-        self._lock = threading.Lock()
-        self._closed = False
+        # Its ``taken`` names the system regions of this process (one namespace).
+        self.table: RegionTable[_Region] = RegionTable("cuda", self._unmap, max_regions)
         self._driver: CudaDriver | None = None
         self._torch: Any = None
-        # Names registered as the other kind (system shared memory) in this process.
-        self.taken: Callable[[str], bool] = lambda name: False
 
     def __contains__(self, name: str) -> bool:
-        with self._lock:
-            return name in self._regions
+        return name in self.table
 
     def names(self) -> set[str]:
-        with self._lock:
-            return set(self._regions)
+        return self.table.names()
 
     def _runtime(self, name: str) -> tuple[CudaDriver, Any]:
         """The driver and torch, or why this server cannot map GPU memory."""
@@ -171,8 +161,7 @@ class CudaSharedMemory:
                 f"failed to register CUDA shared memory region '{name}': device_id "
                 f"{device_id} is not a GPU of this server (it has {count}: 0 to {count - 1})"
             )
-        with self._lock:
-            self._check_free(name)
+        self.table.check_free(name)
         try:
             pointer, mapped = driver.open_ipc(device_id, raw_handle)
         except CudaDriverError as exc:
@@ -189,57 +178,23 @@ class CudaSharedMemory:
                 )
             device = torch.device("cuda", device_id)
             memory = torch.as_tensor(_CudaArray(pointer, byte_size), device=device)
-            with self._lock:
-                self._check_free(name)
-                self._regions[name] = _Region(name, device_id, byte_size, pointer, memory)
+            self.table.add(_Region(name, device_id, byte_size, pointer, memory))
         except BaseException:
             driver.close_ipc(device_id, pointer)
             raise
 
-    def _check_free(self, name: str) -> None:
-        if self._closed:
-            raise EngineError(ErrorCode.UNAVAILABLE, "the server is shutting down")
-        if name in self._regions or self.taken(name):
-            raise already_registered(name)
-        if len(self._regions) >= self._max_regions:
-            raise EngineError(
-                ErrorCode.UNAVAILABLE,
-                f"failed to register CUDA shared memory region '{name}': this server holds "
-                f"{self._max_regions} regions already, its limit; unregister some first",
-            )
-
     def status(self, name: str) -> list[CudaRegionStatus]:
-        with self._lock:
-            if not name:
-                regions = list(self._regions.values())
-            elif name in self._regions:
-                regions = [self._regions[name]]
-            else:
-                raise EngineError(
-                    ErrorCode.NOT_FOUND, f"Unable to find cuda shared memory region: '{name}'"
-                )
-        return [CudaRegionStatus(r.name, r.device_id, r.byte_size) for r in regions]
+        return [
+            CudaRegionStatus(region.name, region.device_id, region.byte_size)
+            for region in self.table.regions(name)
+        ]
 
     def unregister(self, name: str) -> None:
         """Forget one region (an unknown name is not an error, as in Triton) or, with an
         empty name, all; a region still in use is unmapped when its last request is done."""
-        with self._lock:
-            if name:
-                region = self._regions.pop(name, None)
-                regions = [region] if region is not None else []
-            else:
-                regions = list(self._regions.values())
-                self._regions.clear()
-            idle = []
-            for region in regions:
-                region.unregistered = True
-                if region.users == 0:
-                    idle.append(region)
-        for region in idle:
-            self._unmap(region)
+        self.table.remove(name)
 
     def _unmap(self, region: _Region) -> None:
-        region.memory = None  # no view of it may outlive the mapping
         assert self._driver is not None  # it mapped the region
         try:
             self._driver.close_ipc(region.device_id, region.pointer)
@@ -248,45 +203,12 @@ class CudaSharedMemory:
 
     def close(self) -> None:
         """Shutdown: unmap every idle region now and any in use when its request ends."""
-        with self._lock:
-            self._closed = True
-        self.unregister("")
+        self.table.close()
 
-    def _acquire(self, ref: SharedMemoryRef, what: str) -> tuple[_Region, Any]:
-        """The region's slice ``ref`` names, held until ``_release``."""
+    def _lease(self, ref: SharedMemoryRef, what: str) -> Lease[_Region]:
         if not self.enabled:
             raise _invalid(f"{what} names shared memory region '{ref.region}', but {_TURN_ON}")
-        name, offset, byte_size = ref.region, ref.offset, ref.byte_size
-        with self._lock:
-            region = self._regions.get(name)
-            if region is None:
-                raise EngineError(
-                    ErrorCode.NOT_FOUND, f"Unable to find shared memory region: '{name}'"
-                )
-            if offset < 0 or offset >= region.byte_size:
-                raise _invalid(
-                    f"Invalid offset for shared memory region: '{name}' ({what}: offset "
-                    f"{offset}, region of {region.byte_size} bytes)"
-                )
-            if byte_size < 0:
-                raise _invalid(
-                    f"Invalid byte size for shared memory region: '{name}' ({what}: "
-                    f"{byte_size}, expected >= 0)"
-                )
-            if offset + byte_size > region.byte_size:
-                raise _invalid(
-                    f"Invalid offset + byte size for shared memory region: '{name}' ({what}: "
-                    f"{offset} + {byte_size} > {region.byte_size} bytes)"
-                )
-            region.users += 1
-            return region, region.memory[offset : offset + byte_size]
-
-    def _release(self, region: _Region) -> None:
-        with self._lock:
-            region.users -= 1
-            unmap = region.users == 0 and region.unregistered
-        if unmap:
-            self._unmap(region)
+        return self.table.lease(ref.region, ref.offset, ref.byte_size, what)
 
     @contextmanager
     def request(self) -> Iterator[CudaRequestMemory]:
@@ -305,13 +227,14 @@ class CudaRequestMemory:
     until ``release``."""
 
     registry: CudaSharedMemory
-    _held: list[_Region] = field(default_factory=list)
+    _held: list[Lease[_Region]] = field(default_factory=list)
     _outputs: dict[str, Any] = field(default_factory=dict)  # output name -> its slice
 
     def _slice(self, ref: SharedMemoryRef, what: str) -> Any:
-        region, view = self.registry._acquire(ref, what)
-        self._held.append(region)
-        return view
+        """The slice as a torch uint8 tensor over the client's memory, held until release."""
+        lease = self.registry._lease(ref, what)
+        self._held.append(lease)
+        return lease.region.memory[lease.offset : lease.offset + lease.byte_size]
 
     def copies_inputs(self, request: InferRequest, on_device: bool) -> bool:
         """Whether ``read_inputs`` copies to the host (then: off the event loop)."""
@@ -378,5 +301,5 @@ class CudaRequestMemory:
     def release(self) -> None:
         self._outputs.clear()
         held, self._held = self._held, []
-        for region in held:
-            self.registry._release(region)
+        for lease in held:
+            self.registry.table.release(lease)

@@ -286,8 +286,8 @@ class InferenceServer:
 def share_region_names(system: SystemSharedMemoryRegistry, cuda: CudaSharedMemory) -> None:
     """One namespace for both kinds of region, as in Triton: a tensor names only its
     region, so a name registered as one kind cannot be registered as the other."""
-    system.taken = cuda.__contains__
-    cuda.taken = system.__contains__
+    system.table.taken = cuda.table.__contains__
+    cuda.table.taken = system.table.__contains__
 
 
 async def apply_switch_interval(config: ServerConfig, engine: EngineClient) -> None:

@@ -21,15 +21,19 @@ import asyncio
 import errno
 import os
 import stat
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from inferd.engines import EngineError, ErrorCode
-from inferd.engines.region_names import RESERVED_PREFIX, already_registered, check_region_name
+from inferd.engines.region_table import (
+    MAX_REGIONS,
+    RESERVED_PREFIX,
+    Lease,
+    RegionTable,
+    check_region_name,
+)
 
-MAX_REGIONS = 1024
 SHM_DIRECTORY = "/dev/shm"
 _NAME_MAX = 255  # a file name's limit, which a POSIX shm name is
 _IO_CHUNK = 1 << 30  # Linux moves at most ~2 GiB per read/write call
@@ -48,63 +52,59 @@ class RegionStatus:
     byte_size: int
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Region:
     name: str
     key: str
     offset: int  # of the region within the object
     byte_size: int
     fd: int
-    users: int = 0
-    unregistered: bool = False  # close the descriptor when the last user is done
 
 
-@dataclass(frozen=True, slots=True)
-class RegionSlice:
-    """``byte_size`` bytes at ``offset`` within a region, held open while a request uses it."""
+def _close(region: _Region) -> None:
+    os.close(region.fd)
 
-    region: _Region
-    offset: int  # within the region
-    byte_size: int
 
-    def _check_object(self) -> int:
-        """Where the slice starts in the object, once the object is still big enough."""
-        region = self.region
-        try:
-            size = os.fstat(region.fd).st_size
-        except OSError as exc:
-            raise _invalid(f"shared memory region '{region.name}' cannot be used: {exc}") from None
-        if region.offset + region.byte_size > size:
+def _check_object(piece: Lease[_Region]) -> int:
+    """Where the slice starts in the object, once the object is still big enough."""
+    region = piece.region
+    try:
+        size = os.fstat(region.fd).st_size
+    except OSError as exc:
+        raise _invalid(f"shared memory region '{region.name}' cannot be used: {exc}") from None
+    if region.offset + region.byte_size > size:
+        raise _invalid(
+            f"shared memory region '{region.name}' was truncated by its owner: it was "
+            f"registered as {region.byte_size} bytes at offset {region.offset}, but the "
+            f"object now holds {size} bytes"
+        )
+    return region.offset + piece.offset
+
+
+def _read(piece: Lease[_Region]) -> bytes:
+    start = _check_object(piece)
+    chunks: list[bytes] = []
+    done = 0
+    while done < piece.byte_size:
+        chunk = os.pread(piece.region.fd, min(piece.byte_size - done, _IO_CHUNK), start + done)
+        if not chunk:  # shrunk between the size check and the read
             raise _invalid(
-                f"shared memory region '{region.name}' was truncated by its owner: it was "
-                f"registered as {region.byte_size} bytes at offset {region.offset}, but the "
-                f"object now holds {size} bytes"
+                f"shared memory region '{piece.region.name}' was truncated by its owner "
+                "while it was read"
             )
-        return region.offset + self.offset
+        chunks.append(chunk)
+        done += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def read(self) -> bytes:
-        start = self._check_object()
-        chunks: list[bytes] = []
-        done = 0
-        while done < self.byte_size:
-            chunk = os.pread(self.region.fd, min(self.byte_size - done, _IO_CHUNK), start + done)
-            if not chunk:  # shrunk between the size check and the read
-                raise _invalid(
-                    f"shared memory region '{self.region.name}' was truncated by its owner "
-                    "while it was read"
-                )
-            chunks.append(chunk)
-            done += len(chunk)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def write(self, data: bytes | memoryview) -> None:
-        if len(data) > self.byte_size:
-            raise ValueError("the caller checks the size first")
-        start = self._check_object()
-        view = memoryview(data).cast("B")
-        done = 0
-        while done < len(view):
-            done += os.pwrite(self.region.fd, view[done : done + _IO_CHUNK], start + done)
+def _write(piece: Lease[_Region], data: bytes | memoryview) -> None:
+    if len(data) > piece.byte_size:
+        raise ValueError("the caller checks the size first")
+    start = _check_object(piece)
+    view = memoryview(data).cast("B")
+    done = 0
+    while done < len(view):
+        done += os.pwrite(piece.region.fd, view[done : done + _IO_CHUNK], start + done)
 
 
 class SystemSharedMemoryRegistry:
@@ -118,16 +118,12 @@ class SystemSharedMemoryRegistry:
         max_request_bytes: int = 2**31 - 1,
     ) -> None:
         self.enabled = enabled
-        self._max_regions = max_regions
         # What one request may read, as gRPC bounds what it may carry: a sparse object
         # can claim far more bytes than the machine has.
         self.max_request_bytes = max_request_bytes
         self._directory = directory
-        self._regions: dict[str, _Region] = {}
-        self._lock = threading.Lock()
-        self._closed = False
-        # Names registered as the other kind (CUDA shared memory) in this process.
-        self.taken: Callable[[str], bool] = lambda name: False
+        # Its ``taken`` names the CUDA regions of this process (one namespace).
+        self.table: RegionTable[_Region] = RegionTable("system", _close, max_regions)
 
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
         if not self.enabled:
@@ -138,8 +134,7 @@ class SystemSharedMemoryRegistry:
             )
         check_region_name(name)
         _check_key(name, key)
-        with self._lock:
-            self._check_free(name)
+        self.table.check_free(name)
         fd = self._open(key)
         try:
             size = os.fstat(fd).st_size
@@ -149,24 +144,10 @@ class SystemSharedMemoryRegistry:
                     f"{offset} + byte_size {byte_size} must be within the object's {size} "
                     "bytes, and byte_size > 0)"
                 )
-            with self._lock:
-                self._check_free(name)
-                self._regions[name] = _Region(name, key, offset, byte_size, fd)
+            self.table.add(_Region(name, key, offset, byte_size, fd))
         except BaseException:
             os.close(fd)
             raise
-
-    def _check_free(self, name: str) -> None:
-        if self._closed:
-            raise EngineError(ErrorCode.UNAVAILABLE, "the server is shutting down")
-        if name in self._regions or self.taken(name):
-            raise already_registered(name)
-        if len(self._regions) >= self._max_regions:
-            raise EngineError(
-                ErrorCode.UNAVAILABLE,
-                f"failed to register shared memory region '{name}': this server holds "
-                f"{self._max_regions} regions already, its limit; unregister some first",
-            )
 
     def _open(self, key: str) -> int:
         path = os.path.join(self._directory, key[1:])
@@ -183,41 +164,20 @@ class SystemSharedMemoryRegistry:
         return fd
 
     def status(self, name: str) -> list[RegionStatus]:
-        with self._lock:
-            if not name:
-                regions = list(self._regions.values())
-            elif name in self._regions:
-                regions = [self._regions[name]]
-            else:
-                raise EngineError(
-                    ErrorCode.NOT_FOUND, f"Unable to find system shared memory region: '{name}'"
-                )
         return [
             RegionStatus(region.name, region.key, region.offset, region.byte_size)
-            for region in regions
+            for region in self.table.regions(name)
         ]
 
     def unregister(self, name: str) -> None:
         """Forget one region (an unknown name is not an error, as in Triton) or, with an
         empty name, all; a region still in use closes when its last request is done."""
-        with self._lock:
-            if name:
-                region = self._regions.pop(name, None)
-                regions = [region] if region is not None else []
-            else:
-                regions = list(self._regions.values())
-                self._regions.clear()
-            for region in regions:
-                region.unregistered = True
-                if region.users == 0:
-                    os.close(region.fd)
+        self.table.remove(name)
 
     def close(self) -> None:
         """Shutdown: close every idle region's descriptor now and any still in use when
         its request ends; registering is refused from now on."""
-        with self._lock:
-            self._closed = True
-        self.unregister("")
+        self.table.close()
 
     # --- the RPCs' side: async, so a front process can ask the engine process ----------
 
@@ -235,46 +195,15 @@ class SystemSharedMemoryRegistry:
         front process's mirror fetches regions registered through another front."""
 
     def names(self) -> set[str]:
-        with self._lock:
-            return set(self._regions)
+        return self.table.names()
 
     def __contains__(self, name: str) -> bool:
-        with self._lock:
-            return name in self._regions
+        return name in self.table
 
-    def _acquire(self, name: str, offset: int, byte_size: int, what: str) -> RegionSlice:
+    def _acquire(self, name: str, offset: int, byte_size: int, what: str) -> Lease[_Region]:
         if not self.enabled:
             raise _invalid(f"{what} names shared memory region '{name}', but {_TURN_ON}")
-        with self._lock:
-            region = self._regions.get(name)
-            if region is None:
-                raise EngineError(
-                    ErrorCode.NOT_FOUND, f"Unable to find shared memory region: '{name}'"
-                )
-            if offset < 0 or offset >= region.byte_size:
-                raise _invalid(
-                    f"Invalid offset for shared memory region: '{name}' ({what}: offset "
-                    f"{offset}, region of {region.byte_size} bytes)"
-                )
-            if byte_size < 0:
-                raise _invalid(
-                    f"Invalid byte size for shared memory region: '{name}' ({what}: "
-                    f"{byte_size}, expected >= 0)"
-                )
-            if offset + byte_size > region.byte_size:
-                raise _invalid(
-                    f"Invalid offset + byte size for shared memory region: '{name}' ({what}: "
-                    f"{offset} + {byte_size} > {region.byte_size} bytes)"
-                )
-            region.users += 1
-        return RegionSlice(region, offset, byte_size)
-
-    def _release(self, piece: RegionSlice) -> None:
-        with self._lock:
-            region = piece.region
-            region.users -= 1
-            if region.users == 0 and region.unregistered:
-                os.close(region.fd)
+        return self.table.lease(name, offset, byte_size, what)
 
     @contextmanager
     def request(self) -> Iterator[RequestRegions]:
@@ -292,7 +221,7 @@ class RequestRegions:
     until the response is written."""
 
     registry: SystemSharedMemoryRegistry
-    outputs: dict[str, RegionSlice] = field(default_factory=dict)
+    outputs: dict[str, Lease[_Region]] = field(default_factory=dict)
     bytes_read: int = 0
 
     def reads(self, name: str) -> bool:
@@ -305,21 +234,21 @@ class RequestRegions:
         piece = self.registry._acquire(name, offset, byte_size, what)
         self.bytes_read += byte_size
         if self.bytes_read > self.registry.max_request_bytes:
-            self.registry._release(piece)
+            self.registry.table.release(piece)
             raise _invalid(
                 f"{what}: the request's inputs in shared memory add up to {self.bytes_read} "
                 f"bytes, more than the {self.registry.max_request_bytes} bytes this server "
                 "reads for one request (--max-message-size)"
             )
         try:
-            return piece.read()
+            return _read(piece)
         finally:
-            self.registry._release(piece)
+            self.registry.table.release(piece)
 
     def bind_output(self, output: str, name: str, offset: int, byte_size: int, what: str) -> None:
         previous = self.outputs.pop(output, None)
         if previous is not None:
-            self.registry._release(previous)
+            self.registry.table.release(previous)
         self.outputs[output] = self.registry._acquire(name, offset, byte_size, what)
 
     def write_output(self, output: str, data: bytes, model: str) -> bool:
@@ -333,14 +262,14 @@ class RequestRegions:
                 f"({piece.byte_size} bytes) should be at least {len(data)} bytes to hold the "
                 f"results (model '{model}')"
             )
-        piece.write(data)
+        _write(piece, data)
         return True
 
     def release(self) -> None:
         pieces = list(self.outputs.values())
         self.outputs.clear()
         for piece in pieces:
-            self.registry._release(piece)
+            self.registry.table.release(piece)
 
 
 def _check_key(name: str, key: str) -> None:

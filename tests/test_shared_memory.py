@@ -721,7 +721,7 @@ def test_close_at_shutdown_closes_every_descriptor(shm_dir: Path) -> None:
     registry = SystemSharedMemoryRegistry(enabled=True, directory=str(shm_dir))
     registry.register("a", "/obj", 0, 8)
     registry.register("b", "/obj", 0, 64)
-    fds = [registry._regions[name].fd for name in ("a", "b")]
+    fds = [registry.table.regions(name)[0].fd for name in ("a", "b")]
     registry.close()
     assert not any(_is_open(fd) for fd in fds)
     with pytest.raises(EngineError) as raised:
