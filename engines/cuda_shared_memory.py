@@ -267,39 +267,49 @@ class CudaRequestMemory:
         """Write each output bound to a region there (blocking until it has landed)."""
         torch = self.registry._torch
         devices = set()
-        for index, output in enumerate(response.outputs):
-            view = self._outputs.get(output.name)
-            if view is None:
-                continue
-            data = output.data
-            if isinstance(data, torch.Tensor):  # on the device: copied without the host
-                source = data.contiguous().reshape(-1).view(torch.uint8)
-            elif output.datatype == "BYTES":  # a bytearray: writable, as torch wants
-                encoded = bytearray(encode_bytes_tensor(data))
-                source = torch.from_numpy(np.frombuffer(encoded, np.uint8))
-            else:
-                raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
-                if not raw.flags.writeable:  # torch wraps only writable arrays
-                    raw = raw.copy()
-                source = torch.from_numpy(raw)
-            nbytes = source.numel()
-            if nbytes > view.numel():
-                raise _invalid(
-                    f"shared memory size specified with the request for output "
-                    f"'{output.name}' ({view.numel()} bytes) should be at least "
-                    f"{nbytes} bytes to hold the results (model '{response.model_name}')"
+        # Alive until the copies are done: a device tensor freed sooner could be handed
+        # by torch's allocator to its instance's next batch while the copy still reads it.
+        sources = []
+        try:
+            for index, output in enumerate(response.outputs):
+                view = self._outputs.get(output.name)
+                if view is None:
+                    continue
+                source = _as_bytes(torch, output)
+                nbytes = source.numel()
+                if nbytes > view.numel():
+                    raise _invalid(
+                        f"shared memory size specified with the request for output "
+                        f"'{output.name}' ({view.numel()} bytes) should be at least "
+                        f"{nbytes} bytes to hold the results (model '{response.model_name}')"
+                    )
+                sources.append(source)
+                view[:nbytes].copy_(source)
+                devices.add(view.device)
+                shape = tuple(output.data.shape)
+                response.outputs[index] = OutputTensor(
+                    output.name, output.datatype, shape_only(output.datatype, shape), True
                 )
-            view[:nbytes].copy_(source)
-            devices.add(view.device)
-            shape = tuple(data.shape)
-            response.outputs[index] = OutputTensor(
-                output.name, output.datatype, shape_only(output.datatype, shape), True
-            )
-        for device in devices:  # the client reads them once it has the answer
-            self.registry._torch.cuda.synchronize(device)
+        finally:
+            for device in devices:  # the client reads them once it has the answer
+                if device.type == "cuda":  # (tests stand CPU tensors in for GPU memory)
+                    torch.cuda.synchronize(device)
 
     def release(self) -> None:
         self._outputs.clear()
         held, self._held = self._held, []
         for lease in held:
             self.registry.table.release(lease)
+
+
+def _as_bytes(torch: Any, output: OutputTensor) -> Any:
+    """The output's bytes as a flat torch uint8 tensor: on its device when the instance
+    kept it there (copied into the region without the host), else over host memory."""
+    data = output.data
+    if isinstance(data, torch.Tensor):
+        return data.contiguous().reshape(-1).view(torch.uint8)
+    if output.datatype == "BYTES":  # a bytearray: writable, as torch wants
+        encoded = bytearray(encode_bytes_tensor(data))
+        return torch.from_numpy(np.frombuffer(encoded, np.uint8))
+    raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    return torch.from_numpy(raw if raw.flags.writeable else raw.copy())

@@ -12,6 +12,7 @@ GPU (inputs read in place, outputs written from the device), plus hostile regist
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import concurrent.futures
 import os
@@ -35,17 +36,27 @@ from tritonclient.utils import (
     serialize_byte_tensor,
 )
 
-from inferd.engines import EngineError, ErrorCode, InferRequest, InputTensor, RequestedOutput
+from inferd.engines import (
+    Engine,
+    EngineError,
+    ErrorCode,
+    InferRequest,
+    InferResponse,
+    InputTensor,
+    OutputTensor,
+    RequestedOutput,
+)
 from inferd.engines.backends.base import InstanceSpec
 from inferd.engines.backends.pytorch import TorchBackend
-from inferd.engines.cuda_shared_memory import CudaSharedMemory, _RegionBytes
+from inferd.engines.cuda_shared_memory import CudaSharedMemory, _Region, _RegionBytes
 from inferd.engines.demo_repository import build_demo_repository
 from inferd.engines.packing import scatter
+from inferd.engines.region_table import RegionTable
 from inferd.engines.types import DeviceBytes, SharedMemoryRef
 from inferd.engines.validation import TensorSpec, validate_request
 from inferd.protos import model_config_pb2
 from tests.server_process import ServerProcess, serve
-from tests.torch_model_builders import WIDTH, mlp_config, write_torchscript
+from tests.torch_model_builders import WIDTH, mlp_config, write_add_sub, write_torchscript
 
 TIMEOUT_S = 30.0
 
@@ -447,7 +458,7 @@ def test_bytes_tensors_through_cuda_shared_memory(
     first = np.array([[str(i).encode() for i in range(16)]], dtype=np.object_)
     second = np.array([[b"1"] * 16], dtype=np.object_)
     serialized = [serialize_byte_tensor(first), serialize_byte_tensor(second)]
-    sizes = [int(part.size * part.itemsize) for part in serialized]
+    sizes = [len(part.item()) for part in serialized]
     in_handle, in_name = cuda_regions(sum(sizes))
     cuda_shm.set_shared_memory_region(in_handle, serialized)
     out_handle, out_name = cuda_regions(1024)
@@ -553,3 +564,194 @@ def test_slices_outside_a_region_are_refused(
     gone = _error(lambda: gpu_client.infer("simple", inputs))
     assert gone.status() == "StatusCode.NOT_FOUND"
     _assert_still_serves(gpu_client)
+
+
+# --- the engine's CUDA path, with CPU tensors standing in for the mapped GPU memory -------
+#
+# Everything but the driver calls runs for real: leases, host copies and views, typed
+# device views, the instance keeping outputs as tensors, writing outputs into regions.
+
+
+def _cpu_backed() -> CudaSharedMemory:
+    """Regions whose memory is CPU tensors, so nothing is mapped or unmapped."""
+    regions = CudaSharedMemory(enabled=True)
+    regions._torch = torch
+    regions.table = RegionTable("cuda", lambda region: None, max_regions=8)
+    return regions
+
+
+def _region_on_cpu(regions: CudaSharedMemory, name: str, size: int) -> torch.Tensor:
+    memory = torch.zeros(size, dtype=torch.uint8)
+    regions.table.add(_Region(name, 0, size, memory.data_ptr(), memory))
+    return memory
+
+
+def test_inputs_become_host_copies_or_views_of_the_region() -> None:
+    regions = _cpu_backed()
+    memory = _region_on_cpu(regions, "in", 64)
+    memory[:16] = torch.arange(16, dtype=torch.uint8)
+    strings = serialize_byte_tensor(np.array([b"ab", b"c"], dtype=np.object_)).item()
+    memory[16 : 16 + len(strings)] = torch.frombuffer(bytearray(strings), dtype=torch.uint8)
+    request = InferRequest(
+        "m",
+        None,
+        [
+            InputTensor("A", "INT32", (2,), SharedMemoryRef("in", 4, 8)),
+            InputTensor("S", "BYTES", (2,), SharedMemoryRef("in", 16, len(strings))),
+        ],
+    )
+    with regions.request() as held:
+        assert held.copies_inputs(request, on_device=True)  # BYTES always go to the host
+        held.read_inputs(request, on_device=True)
+        device_view, strings_copy = request.inputs[0].data, request.inputs[1].data
+        assert isinstance(device_view, DeviceBytes) and device_view.nbytes == 8
+        typed = device_view.typed("INT32", (2,))
+        assert isinstance(typed, torch.Tensor) and typed.data_ptr() == memory[4:].data_ptr()
+        assert isinstance(strings_copy, memoryview) and bytes(strings_copy) == strings
+        memory[4] = 99  # a view sees the client's later writes; a copy does not
+        assert typed[0].item() == np.frombuffer(bytes(memory[4:8].tolist()), np.int32)[0]
+
+    request = InferRequest(
+        "m", None, [InputTensor("A", "INT32", (2,), SharedMemoryRef("in", 4, 8))]
+    )
+    with regions.request() as held:
+        assert held.copies_inputs(request, on_device=False)
+        held.read_inputs(request, on_device=False)
+        copy = request.inputs[0].data
+        assert isinstance(copy, memoryview) and bytes(copy) == bytes(memory[4:12].tolist())
+
+
+def test_outputs_are_written_into_their_regions_from_host_or_device() -> None:
+    regions = _cpu_backed()
+    memory = _region_on_cpu(regions, "out", 64)
+    outputs = (
+        RequestedOutput("HOST", region=SharedMemoryRef("out", 0, 8)),
+        RequestedOutput("KEPT", region=SharedMemoryRef("out", 8, 8)),
+        RequestedOutput("TEXT", region=SharedMemoryRef("out", 16, 32)),
+        RequestedOutput("INLINE"),
+    )
+    request = InferRequest("m", None, [], requested_outputs=outputs)
+    host = np.array([1, 2], np.int32)
+    kept = torch.tensor([3.5, -1.0], dtype=torch.float32)  # as an instance keeps it
+    text = np.array([b"xyz"], dtype=np.object_)
+    inline = np.array([7], np.int64)
+    response = InferResponse(
+        "m",
+        1,
+        "",
+        [
+            OutputTensor("HOST", "INT32", host),
+            OutputTensor("KEPT", "FP32", kept),  # type: ignore[arg-type]
+            OutputTensor("TEXT", "BYTES", text),
+            OutputTensor("INLINE", "INT64", inline),
+        ],
+    )
+    with regions.request() as held:
+        held.read_inputs(request, on_device=True)
+        held.write_outputs(response)
+    raw = bytes(memory.tolist())
+    assert raw[:8] == host.tobytes()
+    assert raw[8:16] == kept.numpy().tobytes()
+    assert raw[16:23] == serialize_byte_tensor(text).item() == b"\x03\x00\x00\x00xyz"
+    written = {output.name: output for output in response.outputs}
+    assert [written[name].in_shared_memory for name in ("HOST", "KEPT", "TEXT", "INLINE")] == [
+        True,
+        True,
+        True,
+        False,
+    ]
+    assert written["KEPT"].data.shape == (2,) and written["KEPT"].data.dtype == np.float32
+    assert written["INLINE"].data is inline
+
+
+def test_an_output_larger_than_its_slice_is_refused() -> None:
+    regions = _cpu_backed()
+    _region_on_cpu(regions, "out", 64)
+    output = RequestedOutput("Y", region=SharedMemoryRef("out", 0, 4))
+    request = InferRequest("m", None, [], requested_outputs=(output,))
+    response = InferResponse("m", 1, "", [OutputTensor("Y", "INT32", np.zeros(2, np.int32))])
+    with regions.request() as held:
+        held.read_inputs(request, on_device=False)
+        error = _error(lambda: held.write_outputs(response))
+    assert error.code is ErrorCode.INVALID_ARGUMENT
+    assert error.message == (
+        "shared memory size specified with the request for output 'Y' (4 bytes) should be "
+        "at least 8 bytes to hold the results (model 'm')"
+    )
+
+
+def test_the_engine_serves_a_request_whose_tensors_are_in_cuda_regions(
+    demo_repository: Path,
+) -> None:
+    """`simple` (ONNX Runtime): inputs copied to the host, outputs written back up."""
+    regions = _cpu_backed()
+    inputs_memory = _region_on_cpu(regions, "in", 128)
+    outputs_memory = _region_on_cpu(regions, "out", 160)
+    left, right = np.arange(16, dtype=np.int32), np.full(16, 5, np.int32)
+    inputs_memory[:] = torch.from_numpy(np.concatenate([left, right]).view(np.uint8).copy())
+    engine = Engine(demo_repository, cuda_shared_memory=regions)
+    engine.load("simple", demo_repository / "simple")
+    request = InferRequest(
+        "simple",
+        None,
+        [
+            InputTensor("INPUT0", "INT32", (1, 16), SharedMemoryRef("in", 0, 64)),
+            InputTensor("INPUT1", "INT32", (1, 16), SharedMemoryRef("in", 64, 64)),
+        ],
+        requested_outputs=(
+            RequestedOutput("OUTPUT0", region=SharedMemoryRef("out", 32, 64)),
+            RequestedOutput("OUTPUT1", region=SharedMemoryRef("out", 96, 64)),
+        ),
+    )
+    try:
+        response = asyncio.run(engine.infer(request))
+    finally:
+        engine.close()
+    assert [(o.name, o.in_shared_memory, o.data.shape) for o in response.outputs] == [
+        ("OUTPUT0", True, (1, 16)),
+        ("OUTPUT1", True, (1, 16)),
+    ]
+    written = np.frombuffer(bytes(outputs_memory.tolist()), np.int32)
+    assert written[8:24].tolist() == (left + right).tolist()
+    assert written[24:40].tolist() == (left - right).tolist()
+
+
+def test_the_device_path_reads_inputs_in_place_and_keeps_outputs_as_tensors(
+    tmp_path: Path,
+) -> None:
+    """What a pytorch model on a GPU does, on CPU tensors: the model is told its
+    instances take device tensors (on a GPU they say so themselves)."""
+    write_add_sub(tmp_path, "add_sub")
+    regions = _cpu_backed()
+    inputs_memory = _region_on_cpu(regions, "in", 24)
+    outputs_memory = _region_on_cpu(regions, "out", 24)
+    left, right = np.array([[1, 2, 3]], np.int32), np.array([[10, 20, 30]], np.int32)
+    inputs_memory[:] = torch.from_numpy(np.concatenate([left, right], axis=None).view(np.uint8))
+    engine = Engine(tmp_path, cuda_shared_memory=regions)
+    engine.load("add_sub", tmp_path / "add_sub")
+    model = engine.model("add_sub", None)
+    model.takes_device_tensors = True
+    request = InferRequest(
+        "add_sub",
+        None,
+        [
+            InputTensor("left", "INT32", (1, 3), SharedMemoryRef("in", 0, 12)),
+            InputTensor("right", "INT32", (1, 3), SharedMemoryRef("in", 12, 12)),
+        ],
+        requested_outputs=(
+            RequestedOutput("SUM__0", region=SharedMemoryRef("out", 0, 12)),
+            RequestedOutput("DIFF__1"),
+        ),
+    )
+    try:
+        response = asyncio.run(engine.infer(request))
+    finally:
+        engine.close()
+    assert isinstance(request.inputs[0].data, DeviceBytes)  # read in place, not copied
+    by_name = {output.name: output for output in response.outputs}
+    assert by_name["SUM__0"].in_shared_memory and by_name["SUM__0"].data.shape == (1, 3)
+    written = np.frombuffer(bytes(outputs_memory.tolist()), np.int32)
+    assert written[:3].tolist() == (left + right)[0].tolist()
+    # Not in a region: an ndarray in the response, as always.
+    assert isinstance(by_name["DIFF__1"].data, np.ndarray)
+    assert by_name["DIFF__1"].data.tolist() == (left - right).tolist()
