@@ -139,7 +139,7 @@ class Caller:
         out = regions[1][1]
 
         def read() -> np.ndarray:
-            return cudashm.get_contents_as_numpy(out, "FP32", [1, 16])
+            return cudashm.get_contents_as_numpy(out, np.float32, [1, 16])
 
         self._read = read
 

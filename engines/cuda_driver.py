@@ -45,7 +45,11 @@ class CudaDriver:
         except OSError as exc:
             raise CudaDriverError(f"no CUDA driver on this machine ({exc})") from None
         self._contexts: dict[int, ctypes.c_void_p] = {}
-        self._lock = threading.Lock()
+        self._contexts_lock = threading.Lock()
+        self._lock = threading.Lock()  # the mappings
+        # (device, handle) -> [pointer, bytes mapped, opens]: a process may map a handle
+        # only once, and a client may register one allocation under several names.
+        self._mappings: dict[tuple[int, bytes], list[int]] = {}
         self._open = self._entry("cuIpcOpenMemHandle_v2", "cuIpcOpenMemHandle")
         self._open.argtypes = [ctypes.POINTER(_Pointer), _IpcMemHandle, ctypes.c_uint]
         self._close = self._entry("cuIpcCloseMemHandle")
@@ -84,7 +88,7 @@ class CudaDriver:
         return count.value
 
     def _context(self, device: int) -> ctypes.c_void_p:
-        with self._lock:
+        with self._contexts_lock:
             context = self._contexts.get(device)
             if context is None:
                 handle = ctypes.c_int()
@@ -98,9 +102,20 @@ class CudaDriver:
             return context
 
     def open_ipc(self, device: int, handle: bytes) -> tuple[int, int]:
-        """Map another process's exported allocation: (pointer, bytes mapped from it)."""
+        """Map another process's exported allocation: (pointer, bytes mapped from it).
+        Each open is undone by one ``close_ipc(device, handle)``."""
         if len(handle) != IPC_HANDLE_BYTES:
             raise ValueError("the caller checks the handle's size")
+        with self._lock:
+            mapping = self._mappings.get((device, handle))
+            if mapping is not None:
+                mapping[2] += 1
+                return mapping[0], mapping[1]
+            pointer, mapped = self._map(device, handle)
+            self._mappings[(device, handle)] = [pointer, mapped, 1]
+            return pointer, mapped
+
+    def _map(self, device: int, handle: bytes) -> tuple[int, int]:
         self._check(self._push(self._context(device)), "cuCtxPushCurrent")
         try:
             pointer = _Pointer()
@@ -125,7 +140,16 @@ class CudaDriver:
         finally:
             self._pop(ctypes.byref(ctypes.c_void_p()))
 
-    def close_ipc(self, device: int, pointer: int) -> None:
+    def close_ipc(self, device: int, handle: bytes) -> None:
+        with self._lock:
+            mapping = self._mappings[(device, handle)]
+            mapping[2] -= 1
+            if mapping[2] > 0:
+                return
+            del self._mappings[(device, handle)]
+            self._unmap(device, mapping[0])
+
+    def _unmap(self, device: int, pointer: int) -> None:
         self._check(self._push(self._context(device)), "cuCtxPushCurrent")
         try:
             self._check(self._close(pointer), "cuIpcCloseMemHandle")

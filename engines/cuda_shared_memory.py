@@ -61,8 +61,8 @@ class _Region:
     name: str
     device_id: int
     byte_size: int
-    pointer: int  # where the driver mapped the client's allocation
-    memory: Any  # a torch uint8 tensor over [pointer, pointer + byte_size)
+    handle: bytes  # the client's IPC handle, which the driver mapped
+    memory: Any  # a torch uint8 tensor over the first byte_size bytes mapped
 
 
 class _CudaArray:
@@ -178,9 +178,9 @@ class CudaSharedMemory:
                 )
             device = torch.device("cuda", device_id)
             memory = torch.as_tensor(_CudaArray(pointer, byte_size), device=device)
-            self.table.add(_Region(name, device_id, byte_size, pointer, memory))
+            self.table.add(_Region(name, device_id, byte_size, raw_handle, memory))
         except BaseException:
-            driver.close_ipc(device_id, pointer)
+            driver.close_ipc(device_id, raw_handle)
             raise
 
     def status(self, name: str) -> list[CudaRegionStatus]:
@@ -197,7 +197,7 @@ class CudaSharedMemory:
     def _unmap(self, region: _Region) -> None:
         assert self._driver is not None  # it mapped the region
         try:
-            self._driver.close_ipc(region.device_id, region.pointer)
+            self._driver.close_ipc(region.device_id, region.handle)
         except CudaDriverError as exc:  # nothing to do but say so
             logger.error("cannot unmap CUDA shared memory region '%s': %s", region.name, exc)
 

@@ -337,13 +337,14 @@ def cuda_regions(
         return handle, name
 
     yield make
+    gpu_client.unregister_cuda_shared_memory()  # the server unmaps before the memory goes
     for handle in made:
         cuda_shm.destroy_shared_memory_region(handle)
 
 
 def _read(handle: Any, dtype: np.dtype, count: int, offset: int) -> np.ndarray:
     assert cuda_shm is not None
-    whole = cuda_shm.get_contents_as_numpy(handle, "UINT8", [offset + count * dtype.itemsize])
+    whole = cuda_shm.get_contents_as_numpy(handle, np.uint8, [offset + count * dtype.itemsize])
     return whole[offset:].view(dtype)
 
 
@@ -412,6 +413,32 @@ def test_inputs_and_outputs_in_cuda_shared_memory(
 
 
 @NEEDS_GPU
+def test_one_allocation_under_two_names(
+    gpu_client: tritongrpc.InferenceServerClient, cuda_regions: Callable[..., Any]
+) -> None:
+    """Inputs under one name, outputs under another, one allocation: mapped once."""
+    assert cuda_shm is not None
+    handle, inputs_name = cuda_regions(4 * ROW_BYTES)
+    left = np.arange(16, dtype=np.int32).reshape(1, 16)
+    cuda_shm.set_shared_memory_region(handle, [left, left])
+    outputs_name = f"{inputs_name}_out"
+    raw = cuda_shm.get_raw_handle(handle)
+    gpu_client.register_cuda_shared_memory(outputs_name, raw, 0, 4 * ROW_BYTES)
+    _add_sub(
+        gpu_client, GPU_MODEL, ("left", "right"), inputs_name, outputs_name,
+        out_offset=2 * ROW_BYTES,
+    )  # fmt: skip
+    total = _read(handle, np.dtype(np.int32), 16, 2 * ROW_BYTES)
+    assert total.tolist() == (2 * left)[0].tolist()
+    gpu_client.unregister_cuda_shared_memory(inputs_name)  # the other name still maps it
+    again = _add_sub(
+        gpu_client, "simple", ("INPUT0", "INPUT1"), outputs_name, outputs_name,
+        out_offset=2 * ROW_BYTES,
+    )  # fmt: skip
+    assert again.get_response().outputs[0].name == "OUTPUT0"
+
+
+@NEEDS_GPU
 def test_concurrent_requests_batch_on_the_device(
     gpu_client: tritongrpc.InferenceServerClient, cuda_regions: Callable[..., Any]
 ) -> None:
@@ -468,7 +495,7 @@ def test_bytes_tensors_through_cuda_shared_memory(
     outputs = [tritongrpc.InferRequestedOutput("OUTPUT0")]
     outputs[0].set_shared_memory(out_name, 1024)
     gpu_client.infer("simple_string", inputs, outputs=outputs, client_timeout=TIMEOUT_S)
-    raw = cuda_shm.get_contents_as_numpy(out_handle, "UINT8", [1024]).tobytes()
+    raw = cuda_shm.get_contents_as_numpy(out_handle, np.uint8, [1024]).tobytes()
     sums = deserialize_bytes_tensor(raw)[:16]
     assert [int(value) for value in sums] == [i + 1 for i in range(16)]
 
@@ -582,7 +609,7 @@ def _cpu_backed() -> CudaSharedMemory:
 
 def _region_on_cpu(regions: CudaSharedMemory, name: str, size: int) -> torch.Tensor:
     memory = torch.zeros(size, dtype=torch.uint8)
-    regions.table.add(_Region(name, 0, size, memory.data_ptr(), memory))
+    regions.table.add(_Region(name, 0, size, b"\0" * 64, memory))
     return memory
 
 
