@@ -10,6 +10,7 @@ import msgspec
 import pytest
 
 from inferd.engines import CatalogEntry, EngineError, ErrorCode, ModelCatalog, ModelInfo
+from inferd.engines.cuda_shared_memory import CudaRegionStatus
 from inferd.engines.statistics import ModelStatistics
 from inferd.engines.types import ModelIndexEntry, ModelState
 from inferd.engines.validation import TensorSpec
@@ -142,3 +143,38 @@ def test_an_undecodable_frame_closes_the_connection() -> None:
     receiver.connection_made(transport)  # type: ignore[arg-type]
     receiver.data_received(b"\x03\x00\x00\x00abc")
     assert transport.closed and received == []
+
+
+def test_cuda_shared_memory_crosses_the_wire_as_references() -> None:
+    """Fronts never touch GPU memory: tensors travel as region slices, outputs the engine
+    wrote come back as shapes, and a handle's bytes arrive exactly (NULs included)."""
+    handle = bytes(range(64))
+    infer = m.Infer(
+        1,
+        "m",
+        -1,
+        "id",
+        [m.Tensor("X", "FP32", (1, 4), None, 32, 16, region="images")],
+        [m.WantedOutput("Y", region="out", offset=8, byte_size=16), m.WantedOutput("Z")],
+        {},
+        None,
+        None,
+        False,
+    )
+    messages: list[object] = [
+        infer,
+        m.RegisterCudaRegionCall(2, "images", handle, 0, 1 << 20),
+        m.CudaRegionStatusCall(3, ""),
+        m.UnregisterCudaRegionCall(4, "images"),
+    ]
+    for message in messages:
+        wire = msgspec.msgpack.decode(msgspec.msgpack.encode(message), type=m.FrontMessage)
+        assert wire == message
+    result = m.Result(
+        1, "m", 1, "id", [m.Tensor("Y", "FP32", (1, 4), None, in_shared_memory=True)], True
+    )
+    reply = m.Reply(3, cuda_regions=[CudaRegionStatus("images", 0, 1 << 20)])
+    regions = m.Regions(5, [], ["images"])
+    for message in (result, reply, regions):
+        wire = msgspec.msgpack.decode(msgspec.msgpack.encode(message), type=m.EngineMessage)
+        assert wire == message
