@@ -202,7 +202,11 @@ class SystemSharedMemoryRegistry:
 
     def _acquire(self, name: str, offset: int, byte_size: int, what: str) -> Lease[_Region]:
         if not self.enabled:
-            raise _invalid(f"{what} names shared memory region '{name}', but {_TURN_ON}")
+            # System or CUDA: while shared memory is off, this process answers for both.
+            raise _invalid(
+                f"{what} names shared memory region '{name}', but start inferd with "
+                "--allow-client-shm to use shared memory"
+            )
         return self.table.lease(name, offset, byte_size, what)
 
     @contextmanager
