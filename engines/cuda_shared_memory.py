@@ -176,8 +176,14 @@ class CudaSharedMemory:
                     f"{byte_size} is larger than the {mapped} bytes the handle's allocation "
                     "holds"
                 )
-            device = torch.device("cuda", device_id)
-            memory = torch.as_tensor(_CudaArray(pointer, byte_size), device=device)
+            # No device argument: torch would copy memory found on another GPU to it,
+            # and outputs would then land in that copy, never in the client's memory.
+            memory = torch.as_tensor(_CudaArray(pointer, byte_size))
+            if memory.device.index != device_id or memory.data_ptr() != pointer:
+                raise _invalid(
+                    f"failed to register CUDA shared memory region '{name}': the handle's "
+                    f"memory is on GPU {memory.device.index}, not on device_id {device_id}"
+                )
             self.table.add(_Region(name, device_id, byte_size, raw_handle, memory))
         except BaseException:
             driver.close_ipc(device_id, raw_handle)

@@ -16,6 +16,7 @@ import asyncio
 import base64
 import concurrent.futures
 import os
+import queue
 import shutil
 import textwrap
 import uuid
@@ -505,8 +506,6 @@ def test_stream_infer_reads_and_writes_cuda_shared_memory(
     gpu_client: tritongrpc.InferenceServerClient, cuda_regions: Callable[..., Any]
 ) -> None:
     assert cuda_shm is not None
-    import queue
-
     left = np.arange(16, dtype=np.int32).reshape(1, 16)
     in_handle, in_name = cuda_regions(2 * ROW_BYTES)
     cuda_shm.set_shared_memory_region(in_handle, [left, left])
