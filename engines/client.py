@@ -85,11 +85,9 @@ class InProcessEngineClient:
         repository: Path,
         observer: BatchObserver | None = None,
         startup_models: tuple[str, ...] | None = None,
-        allow_client_shm: bool = False,
+        cuda_shared_memory: CudaSharedMemory | None = None,  # None: refused
     ) -> None:
-        self._engine = Engine(
-            repository, observer, cuda_shared_memory=CudaSharedMemory(allow_client_shm)
-        )
+        self._engine = Engine(repository, observer, cuda_shared_memory=cuda_shared_memory)
         self._startup_models = startup_models  # None: every model in the repository
         self._ready = False
 

@@ -95,8 +95,12 @@ class _RegionBytes(DeviceBytes):
 class CudaSharedMemory:
     """The registered CUDA regions, by name; thread-safe. ``enabled=False`` refuses them."""
 
-    def __init__(self, enabled: bool, max_regions: int = MAX_REGIONS) -> None:
+    def __init__(
+        self, enabled: bool, max_regions: int = MAX_REGIONS, max_request_bytes: int = 2**31 - 1
+    ) -> None:
         self.enabled = enabled
+        # What one request may copy to the host, as for system shared memory.
+        self.max_request_bytes = max_request_bytes
         # Its ``taken`` names the system regions of this process (one namespace).
         self.table: RegionTable[_Region] = RegionTable("cuda", self._unmap, max_regions)
         self._driver: CudaDriver | None = None
@@ -255,6 +259,7 @@ class CudaRequestMemory:
         when the model takes device tensors (``on_device``), else with a host copy; and
         hold the output slices."""
         model = request.model_name
+        copied = 0
         for output in request.requested_outputs:
             if output.region is not None:
                 what = f"output '{output.name}' for model '{model}'"
@@ -263,11 +268,19 @@ class CudaRequestMemory:
             ref = tensor.data
             if not isinstance(ref, SharedMemoryRef):
                 continue
-            view = self._slice(ref, f"input tensor '{tensor.name}' for model '{model}'")
+            what = f"input tensor '{tensor.name}' for model '{model}'"
+            view = self._slice(ref, what)
             if on_device and tensor.datatype != "BYTES":
                 tensor.data = _RegionBytes(view)
-            else:
-                tensor.data = memoryview(view.cpu().numpy())
+                continue
+            copied += ref.byte_size
+            if copied > self.registry.max_request_bytes:
+                raise _invalid(
+                    f"{what}: the request's inputs in shared memory add up to {copied} "
+                    f"bytes, more than the {self.registry.max_request_bytes} bytes this server "
+                    "copies for one request (--max-message-size)"
+                )
+            tensor.data = memoryview(view.cpu().numpy())
 
     def write_outputs(self, response: InferResponse) -> None:
         """Write each output bound to a region there (blocking until it has landed)."""

@@ -138,7 +138,7 @@ class InferenceServer:
         if self._engine is None:
             repository = resolve_repository(self.config)
             self._engine = InProcessEngineClient(
-                repository, self._tracing, startup, self.config.allow_client_shm
+                repository, self._tracing, startup, cuda_shared_memory_of(self.config)
             )
         if isinstance(self._engine, InProcessEngineClient):
             share_region_names(self._shared_memory, self._engine.engine.cuda_shared_memory)
@@ -281,6 +281,11 @@ class InferenceServer:
             await self._should_exit.wait()
         finally:
             await self.stop()
+
+
+def cuda_shared_memory_of(config: ServerConfig) -> CudaSharedMemory:
+    """The CUDA regions of the process that holds the models."""
+    return CudaSharedMemory(config.allow_client_shm, max_request_bytes=config.max_message_bytes)
 
 
 def share_region_names(system: SystemSharedMemoryRegistry, cuda: CudaSharedMemory) -> None:

@@ -598,9 +598,9 @@ def test_slices_outside_a_region_are_refused(
 # device views, the instance keeping outputs as tensors, writing outputs into regions.
 
 
-def _cpu_backed() -> CudaSharedMemory:
+def _cpu_backed(max_request_bytes: int = 2**31 - 1) -> CudaSharedMemory:
     """Regions whose memory is CPU tensors, so nothing is mapped or unmapped."""
-    regions = CudaSharedMemory(enabled=True)
+    regions = CudaSharedMemory(enabled=True, max_request_bytes=max_request_bytes)
     regions._torch = torch
     regions.table = RegionTable("cuda", lambda region: None, max_regions=8)
     return regions
@@ -645,6 +645,31 @@ def test_inputs_become_host_copies_or_views_of_the_region() -> None:
         held.read_inputs(request, on_device=False)
         copy = request.inputs[0].data
         assert isinstance(copy, memoryview) and bytes(copy) == bytes(memory[4:12].tolist())
+
+
+def test_one_request_copies_at_most_max_request_bytes_to_the_host() -> None:
+    regions = _cpu_backed(max_request_bytes=12)
+    _region_on_cpu(regions, "in", 64)
+
+    def request() -> InferRequest:
+        return InferRequest(
+            "m",
+            None,
+            [
+                InputTensor("A", "INT32", (2,), SharedMemoryRef("in", 0, 8)),
+                InputTensor("B", "INT32", (2,), SharedMemoryRef("in", 8, 8)),
+            ],
+        )
+
+    with regions.request() as held:
+        error = _error(lambda: held.read_inputs(request(), on_device=False))
+    assert error.code is ErrorCode.INVALID_ARGUMENT
+    assert "input tensor 'B' for model 'm': the request's inputs in shared memory add up to " in (
+        error.message
+    )
+    assert "16 bytes, more than the 12 bytes this server copies for one request" in error.message
+    with regions.request() as held:  # views of device memory take no host memory
+        held.read_inputs(request(), on_device=True)
 
 
 def test_outputs_are_written_into_their_regions_from_host_or_device() -> None:

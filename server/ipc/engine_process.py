@@ -35,10 +35,16 @@ from inferd.engines import (
     OutputTensor,
     RequestedOutput,
 )
+from inferd.engines.cuda_shared_memory import CudaSharedMemory
 from inferd.engines.types import SharedMemoryRef
 from inferd.protos import model_config_pb2
 from inferd.protos.datatypes import NUMPY_DTYPES, decode_bytes_tensor, encode_bytes_tensor
-from inferd.server.app import apply_switch_interval, share_region_names, tracing_from_config
+from inferd.server.app import (
+    apply_switch_interval,
+    cuda_shared_memory_of,
+    share_region_names,
+    tracing_from_config,
+)
 from inferd.server.config import ServerConfig
 from inferd.server.ipc import messages as m
 from inferd.server.ipc.channel import Channel
@@ -83,10 +89,10 @@ class _PublishingClient(InProcessEngineClient):
         repository: Path,
         observer: BatchObserver | None,
         startup_models: tuple[str, ...] | None,
-        allow_client_shm: bool,
+        cuda_shared_memory: CudaSharedMemory,
         publish: Callable[[], Awaitable[None]],
     ) -> None:
-        super().__init__(repository, observer, startup_models, allow_client_shm)
+        super().__init__(repository, observer, startup_models, cuda_shared_memory)
         self._publish = publish
 
     async def load_model(
@@ -137,7 +143,7 @@ class EngineProcess:
             repository,
             self.tracing,
             startup_models(mode, config.load_models),
-            config.allow_client_shm,
+            cuda_shared_memory_of(config),
             self.publish_catalog,
         )
         share_region_names(self.regions, self.client.engine.cuda_shared_memory)
