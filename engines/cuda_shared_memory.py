@@ -20,6 +20,7 @@ is done, even when unregistered meanwhile.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -105,6 +106,7 @@ class CudaSharedMemory:
         self.table: RegionTable[_Region] = RegionTable("cuda", self._unmap, max_regions)
         self._driver: CudaDriver | None = None
         self._torch: Any = None
+        self._starting = threading.Lock()
 
     def __contains__(self, name: str) -> bool:
         return name in self.table
@@ -113,7 +115,12 @@ class CudaSharedMemory:
         return self.table.names()
 
     def _runtime(self, name: str) -> tuple[CudaDriver, Any]:
-        """The driver and torch, or why this server cannot map GPU memory."""
+        """The driver and torch, or why this server cannot map GPU memory. One driver
+        for the process: it counts the mappings."""
+        with self._starting:
+            return self._start(name)
+
+    def _start(self, name: str) -> tuple[CudaDriver, Any]:
         if self._driver is not None:
             return self._driver, self._torch
         reason = None
