@@ -89,7 +89,7 @@ def _repository(model: str, destination: Path, queue_delay_us: int | None) -> Pa
     version_dir = destination / MODEL / "1"
     version_dir.mkdir(parents=True)
     if model == "cnn":
-        from inferd.engines.demo_repository import cached_demo_repository
+        from inferd.engines.demo.repository import cached_demo_repository
 
         shutil.copy(cached_demo_repository() / "cnn_classifier" / "1" / "model.onnx", version_dir)
     else:

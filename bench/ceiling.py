@@ -33,7 +33,7 @@ def main() -> None:
     add_pinning_arguments(parser, rounds=True)
     args = parser.parse_args()
 
-    from inferd.engines.demo_repository import cached_demo_repository
+    from inferd.engines.demo.repository import cached_demo_repository
 
     repository = cached_demo_repository()
     os.sched_setaffinity(0, {args.client_core})

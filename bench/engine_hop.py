@@ -29,7 +29,7 @@ import numpy as np
 
 from inferd.bench._harness import cpu_seconds, markdown_table
 from inferd.engines import EngineClient, InferRequest, InProcessEngineClient, InputTensor
-from inferd.engines.demo_repository import build_demo_repository
+from inferd.engines.demo.repository import build_demo_repository
 from inferd.server.config import ServerConfig
 from inferd.server.ipc.engine_process import EngineRuntime, engine_main
 from inferd.server.ipc.remote_client import RemoteEngineClient

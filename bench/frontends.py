@@ -324,7 +324,7 @@ def main() -> None:
     if max(args.processes) > len(args.server_cores):
         parser.error(f"--server-cores lists {len(args.server_cores)}, fewer than the processes")
 
-    from inferd.engines.demo_repository import cached_demo_repository
+    from inferd.engines.demo.repository import cached_demo_repository
 
     def cores(processes: int) -> str:
         return ",".join(map(str, args.server_cores[:processes]))

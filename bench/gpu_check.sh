@@ -8,7 +8,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
 source "$(dirname "$0")/device_setup.sh"
-timeout 150 python3 -m pytest tests/test_torch_backend.py -q -p no:cacheprovider 2>&1 \
+timeout 150 python3 -m pytest tests/engines/backends/test_pytorch.py -q -p no:cacheprovider 2>&1 \
     | tee "$OUT/pytest.txt" | tail -n 15
 timeout 420 python3 -m inferd.bench.gpu_torch --out "$OUT" "$@" 2>&1 \
     | tee "$OUT/bench.log" | tail -n 45

@@ -57,7 +57,7 @@ from inferd.bench.gpu_torch import (
     environment,
     write_model,
 )
-from inferd.engines.executor import GPU_GIL_SWITCH_INTERVAL_S
+from inferd.engines.execution.executor import GPU_GIL_SWITCH_INTERVAL_S
 
 
 def _cores(text: str) -> set[int]:

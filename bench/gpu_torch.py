@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from inferd.bench._harness import PinnedServer, cpu_seconds, markdown_table
-from inferd.engines.executor import GPU_GIL_SWITCH_INTERVAL_S
+from inferd.engines.execution.executor import GPU_GIL_SWITCH_INTERVAL_S
 
 RESNET_SOURCE = """
 import torch

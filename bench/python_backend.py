@@ -51,7 +51,7 @@ MODELS = ("identity_fp32", "identity_python")
 
 
 def build_repository(root: Path) -> Path:
-    from inferd.engines.demo_repository import cached_demo_repository
+    from inferd.engines.demo.repository import cached_demo_repository
 
     shutil.copytree(cached_demo_repository() / "identity_fp32", root / "identity_fp32")
     (root / "identity_python" / "1").mkdir(parents=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 from inferd.engines.catalog import ModelInfo
-from inferd.engines.cuda_shared_memory import CudaRegionStatus, CudaSharedMemory
+from inferd.engines.client_memory.cuda import CudaRegionStatus, CudaSharedMemory
 from inferd.engines.engine import Engine
 from inferd.engines.statistics import StatisticsSnapshot
 from inferd.engines.types import (

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inferd.engines.catalog import CatalogEntry, ModelInfo, select_version
-from inferd.engines.cuda_shared_memory import CudaRequestMemory, CudaSharedMemory
+from inferd.engines.client_memory.cuda import CudaRequestMemory, CudaSharedMemory
 from inferd.engines.errors import EngineError, ErrorCode
 from inferd.engines.model import ModelVersion
-from inferd.engines.repository import (
+from inferd.engines.repository.loader import (
     LoadedModel,
     directory_stamp,
     load_model,

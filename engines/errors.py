@@ -1,6 +1,6 @@
 """The engine's error ladder: one exception type, one code per kind of failure.
 
-The server maps each code to a gRPC status in one place (``inferd.server.status``), so
+The server maps each code to a gRPC status in one place (``inferd.server.grpc.status``), so
 engine code says what went wrong, never how a transport reports it.
 """
 

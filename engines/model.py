@@ -10,11 +10,11 @@ import numpy as np
 
 from inferd.engines.classification import top_k
 from inferd.engines.errors import EngineError, ErrorCode
-from inferd.engines.executor import BatchingExecutor
-from inferd.engines.packing import signature
-from inferd.engines.scheduler import PendingRequest
+from inferd.engines.execution.executor import BatchingExecutor
+from inferd.engines.execution.packing import signature
+from inferd.engines.execution.streams import ResponseStream
+from inferd.engines.scheduling.dynamic import PendingRequest
 from inferd.engines.statistics import ModelStatistics
-from inferd.engines.streams import ResponseStream
 from inferd.engines.types import ErrorResponse, InferRequest, InferResponse, OutputTensor
 from inferd.engines.validation import TensorSpec, validate_request
 from inferd.protos import model_config_pb2

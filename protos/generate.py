@@ -5,7 +5,7 @@ Usage::
     python -m inferd.protos.generate [OUT_DIR]
 
 With no argument the committed modules next to this file are regenerated.
-``tests/test_protos.py`` fails when they are out of date.
+``tests/protos/test_generate.py`` fails when they are out of date.
 
 Code generation runs ``grpc_tools.protoc`` (grpcio-tools, pinned in the dev
 dependencies; see ``GRPCIO_TOOLS_VERSION``) and then post-processes the

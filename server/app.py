@@ -26,17 +26,17 @@ from inferd.engines import (
     InProcessEngineClient,
     ModelState,
 )
-from inferd.engines.cuda_shared_memory import CudaSharedMemory
-from inferd.engines.executor import GPU_GIL_SWITCH_INTERVAL_S
+from inferd.engines.client_memory.cuda import CudaSharedMemory
+from inferd.engines.client_memory.system import SystemSharedMemoryRegistry
+from inferd.engines.execution.executor import GPU_GIL_SWITCH_INTERVAL_S
 from inferd.protos import grpc_service_pb2_grpc, model_config_pb2
 from inferd.server.allocator import tune_malloc
 from inferd.server.config import ServerConfig
-from inferd.server.health import HealthServicer
+from inferd.server.grpc.health import HealthServicer
+from inferd.server.grpc.reflection import INFERENCE_SERVICE, enable_reflection
+from inferd.server.grpc.servicer import InferenceServicer
 from inferd.server.metrics import MetricsServer
 from inferd.server.model_control import ModelControl, ModelControlMode, startup_models
-from inferd.server.reflection import INFERENCE_SERVICE, enable_reflection
-from inferd.server.servicer import InferenceServicer
-from inferd.server.shared_memory import SystemSharedMemoryRegistry
 
 if TYPE_CHECKING:
     from inferd.server.tracing import Tracing
@@ -70,7 +70,7 @@ def resolve_repository(config: ServerConfig) -> Path:
                 f"model repository {config.model_repository} does not exist or is not a directory",
             )
         return config.model_repository
-    from inferd.engines.demo_repository import cached_demo_repository
+    from inferd.engines.demo.repository import cached_demo_repository
 
     path = cached_demo_repository()
     logger.info("no --model-repository given: serving the demo repository at %s", path)

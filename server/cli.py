@@ -271,7 +271,7 @@ def _infer(args: argparse.Namespace) -> int:
 
 
 def _demo_repository(args: argparse.Namespace) -> int:
-    from inferd.engines.demo_repository import build_demo_repository
+    from inferd.engines.demo.repository import build_demo_repository
 
     path = build_demo_repository(args.directory)
     print(

@@ -23,7 +23,7 @@ from pathlib import Path
 from google.protobuf import json_format
 
 from inferd.engines import EngineClient, EngineError, ErrorCode
-from inferd.engines.repository import directory_stamp, model_directories
+from inferd.engines.repository.loader import directory_stamp, model_directories
 from inferd.protos import grpc_service_pb2 as pb
 from inferd.protos import model_config_pb2
 

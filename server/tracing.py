@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from inferd.engines import BatchRecord, EngineError, ErrorCode
-from inferd.server.status import STATUS_BY_ERROR_CODE
+from inferd.server.grpc.status import STATUS_BY_ERROR_CODE
 
 EXPORTERS = ("none", "console", "otlp")
 _LEVELS = ("OFF", "TIMESTAMPS")

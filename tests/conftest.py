@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from inferd.engines.demo_repository import build_demo_repository
-from tests.model_builders import build_test_repository
-from tests.server_process import ServerProcess, serve
+from inferd.engines.demo.repository import build_demo_repository
+from tests.support.model_builders import build_test_repository
+from tests.support.server_process import ServerProcess, serve
 
 
 @pytest.fixture(scope="session")

@@ -96,7 +96,7 @@ class OnnxModel(MLModel):
 
 
 def cache_root() -> Path:
-    """inferd's cache directory, as ``inferd.engines.demo_repository`` chooses it."""
+    """inferd's cache directory, as ``inferd.engines.demo.repository`` chooses it."""
     if explicit := os.environ.get("INFERD_CACHE_DIR"):
         return Path(explicit)
     if xdg := os.environ.get("XDG_CACHE_HOME"):
@@ -156,7 +156,7 @@ def write_repository(
     root: Path, config: str, grpc_port: int, http_port: int, metrics_port: int
 ) -> None:
     """MLServer's settings, the runtime and one model-settings.json per model, in ``root``."""
-    from inferd.engines.demo_repository import cached_demo_repository
+    from inferd.engines.demo.repository import cached_demo_repository
 
     demo = cached_demo_repository()
     settings: dict[str, object] = {
@@ -304,7 +304,7 @@ def compare(args: argparse.Namespace) -> None:
         closed_loop,
         markdown_table,
     )
-    from inferd.engines.demo_repository import cached_demo_repository
+    from inferd.engines.demo.repository import cached_demo_repository
 
     repository = cached_demo_repository()
     python = ensure_mlserver(args.cache)  # before any server starts: a build takes minutes

@@ -11,7 +11,7 @@ from typing import ClassVar, Protocol
 import numpy as np
 
 from inferd.engines.errors import EngineError
-from inferd.engines.packing import gather
+from inferd.engines.execution.packing import gather
 from inferd.engines.types import ParameterValue
 from inferd.protos import model_config_pb2
 

@@ -35,7 +35,8 @@ from inferd.engines import (
     OutputTensor,
     RequestedOutput,
 )
-from inferd.engines.cuda_shared_memory import CudaSharedMemory
+from inferd.engines.client_memory.cuda import CudaSharedMemory
+from inferd.engines.client_memory.system import SystemSharedMemoryRegistry
 from inferd.engines.types import SharedMemoryRef
 from inferd.protos import model_config_pb2
 from inferd.protos.datatypes import NUMPY_DTYPES, decode_bytes_tensor, encode_bytes_tensor
@@ -52,7 +53,6 @@ from inferd.server.ipc.process import prepare_child, run_loop
 from inferd.server.ipc.ring import RingAllocator, Segment, segment_name
 from inferd.server.metrics import MetricsServer
 from inferd.server.model_control import ModelControl, ModelControlMode, startup_models
-from inferd.server.shared_memory import SystemSharedMemoryRegistry
 
 if TYPE_CHECKING:
     from inferd.server.tracing import Tracing

@@ -18,13 +18,13 @@ from typing import Union
 import msgspec
 
 from inferd.engines.catalog import CatalogEntry, ModelInfo
-from inferd.engines.cuda_shared_memory import CudaRegionStatus
+from inferd.engines.client_memory.cuda import CudaRegionStatus
+from inferd.engines.client_memory.system import RegionStatus
 from inferd.engines.errors import ErrorCode
 from inferd.engines.statistics import StatisticsSnapshot
 from inferd.engines.types import ModelIndexEntry, ParameterValue
 from inferd.engines.validation import TensorSpec
 from inferd.protos import model_config_pb2
-from inferd.server.shared_memory import RegionStatus
 
 # Larger tensors go through the ring: below this, a copy into the message costs less
 # than the bookkeeping of an extent (measured: issue 7's note, ZeroMQ vs ring).

@@ -36,7 +36,8 @@ from inferd.engines import (
     ModelInfo,
     OutputTensor,
 )
-from inferd.engines.cuda_shared_memory import CudaRegionStatus
+from inferd.engines.client_memory.cuda import CudaRegionStatus
+from inferd.engines.client_memory.system import RegionStatus
 from inferd.engines.statistics import StatisticsSnapshot
 from inferd.engines.types import DeviceBytes, RequestedOutput, SharedMemoryRef, shape_only
 from inferd.protos import model_config_pb2
@@ -44,7 +45,6 @@ from inferd.protos.datatypes import NUMPY_DTYPES, decode_bytes_tensor, encode_by
 from inferd.server.ipc import messages as m
 from inferd.server.ipc.channel import Channel
 from inferd.server.ipc.ring import RingAllocator, Segment
-from inferd.server.shared_memory import RegionStatus
 
 logger = logging.getLogger("inferd.front")
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import logging
 
 from inferd.engines import EngineError
+from inferd.engines.client_memory.system import RegionStatus, SystemSharedMemoryRegistry
 from inferd.server.ipc import messages as m
 from inferd.server.ipc.remote_client import RemoteEngineClient
-from inferd.server.shared_memory import RegionStatus, SystemSharedMemoryRegistry
 
 logger = logging.getLogger("inferd.front")
 

@@ -1,0 +1,2 @@
+"""The gRPC front door: ``inference.GRPCInferenceService`` (decode, call the request path
+or the engine, encode), health and reflection."""

@@ -1,0 +1,1 @@
+"""Helpers the tests share: model and repository builders, server processes, receivers."""
