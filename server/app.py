@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from inferd.engines import (
     EngineClient,
@@ -32,7 +31,7 @@ from inferd.engines.execution.executor import GPU_GIL_SWITCH_INTERVAL_S
 from inferd.protos import grpc_service_pb2_grpc, model_config_pb2
 from inferd.server.allocator import tune_malloc
 from inferd.server.config import ServerConfig
-from inferd.server.grpc.health import HealthServicer
+from inferd.server.grpc.health import NOT_SERVING, SERVING, HealthServicer, ServingStatus
 from inferd.server.grpc.reflection import INFERENCE_SERVICE, enable_reflection
 from inferd.server.grpc.servicer import InferenceServicer
 from inferd.server.metrics import MetricsServer
@@ -153,11 +152,11 @@ class InferenceServer:
             maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
         )
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self._servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        self._health.add_to_server(server)
         enable_reflection(server)
         for address in self.config.addresses():
             self.addresses.append(self._bind(server, address))
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._set_health(NOT_SERVING)
         await server.start()
         self._server = server
         logger.info("listening on %s", ", ".join(self.addresses))
@@ -177,11 +176,7 @@ class InferenceServer:
 
     async def _update_health(self) -> None:
         serving = self._engine_ready and not self._should_exit.is_set()
-        await self._set_health(
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+        await self._set_health(SERVING if serving else NOT_SERVING)
 
     async def model_counts(self) -> tuple[int, int]:
         """(model versions serving, versions that failed to load)."""
@@ -218,7 +213,7 @@ class InferenceServer:
         host = address.rsplit(":", 1)[0]
         return f"{host}:{port}"
 
-    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+    async def _set_health(self, status: ServingStatus) -> None:
         for service in ("", INFERENCE_SERVICE):
             await self._health.set(service, status)
 

@@ -16,6 +16,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 # The generated enum wrapper is a value, not a type; statuses are its int values.
 ServingStatus = int
+SERVING: ServingStatus = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING: ServingStatus = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class HealthServicer(health_pb2_grpc.HealthServicer):
@@ -54,9 +56,12 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
                 self._status[service] = status
                 self._changed.notify_all()
 
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        health_pb2_grpc.add_HealthServicer_to_server(self, server)
+
     async def drain(self) -> None:
         """Every service NOT_SERVING from now on; open watches get that and end."""
         async with self._changed:
             self._draining = True
-            self._status = dict.fromkeys(self._status, health_pb2.HealthCheckResponse.NOT_SERVING)
+            self._status = dict.fromkeys(self._status, NOT_SERVING)
             self._changed.notify_all()
