@@ -92,7 +92,7 @@ class ModelVersion:
             prepared.pending,
             request.trace,
             request_id=request.request_id,
-            parameters=request.parameters,
+            options=request.options,
             device_outputs=prepared.device_outputs,
         )
         return self._response(request, prepared, results, final=True)
@@ -116,7 +116,7 @@ class ModelVersion:
                 prepared.pending,
                 request.trace,
                 request_id=request.request_id,
-                parameters=request.parameters,
+                options=request.options,
                 stream=stream,
             )
         )
@@ -165,8 +165,8 @@ class ModelVersion:
             rows=batch_size,
             signature=signature(feed, self.max_batch_size > 0),
             arrival=0.0,
-            priority=int(request.parameters.get("priority", 0)),
-            timeout_s=int(request.parameters.get("timeout", 0)) / 1e6,  # Triton: microseconds
+            priority=request.options.priority,
+            timeout_s=request.options.timeout_us / 1e6,
             deadline=request.deadline,
         )
         device_outputs = frozenset(

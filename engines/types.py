@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import abc
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from inferd.engines.errors import EngineError
+from inferd.engines.options import DEFAULT_OPTIONS, RequestOptions
 from inferd.protos.datatypes import NUMPY_DTYPES
-
-ParameterValue = bool | int | float | str
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +77,7 @@ class InferRequest:
     inputs: list[InputTensor]
     requested_outputs: tuple[RequestedOutput, ...] = ()  # empty: all, in the model's order
     request_id: str = ""
-    parameters: dict[str, ParameterValue] = field(default_factory=dict)
+    options: RequestOptions = DEFAULT_OPTIONS  # priority, timeout, sequence, ...
     deadline: float | None = None  # time.monotonic() after which the answer is useless
     # An opaque handle from the front end (its trace span), handed back with the batch
     # the request rode in; None (tracing off) costs the engine nothing.

@@ -12,7 +12,7 @@ import numpy as np
 
 from inferd.engines.errors import EngineError
 from inferd.engines.execution.packing import gather
-from inferd.engines.types import ParameterValue
+from inferd.engines.options import RequestOptions
 from inferd.protos import model_config_pb2
 
 
@@ -88,7 +88,7 @@ class BackendRequest:
     request_id: str
     inputs: Mapping[str, np.ndarray]
     output_names: tuple[str, ...]
-    parameters: Mapping[str, ParameterValue]
+    options: RequestOptions
     sender: ResponseSender
 
 

@@ -53,8 +53,6 @@ from inferd.engines.backends.base import (
 )
 from inferd.engines.backends.python_config import ModelConfig, config_as_dict
 from inferd.engines.backends.python_utils import (
-    TRITONSERVER_REQUEST_FLAG_SEQUENCE_END,
-    TRITONSERVER_REQUEST_FLAG_SEQUENCE_START,
     TRITONSERVER_RESPONSE_COMPLETE_FINAL,
     InferenceRequest,
     InferenceResponse,
@@ -70,17 +68,6 @@ logger = logging.getLogger(__name__)
 
 UTILS_MODULE = "triton_python_backend_utils"
 MODEL_CLASS = "TritonPythonModel"
-# Request parameters Triton's front end consumes itself: models never see them.
-_RESERVED_PARAMETERS = frozenset(
-    {
-        "priority",
-        "timeout",
-        "sequence_id",
-        "sequence_start",
-        "sequence_end",
-        "triton_enable_empty_final_response",
-    }
-)
 # How long close() waits for an async model's pending coroutines to unwind.
 _LOOP_CLOSE_TIMEOUT_S = 5.0
 
@@ -216,32 +203,19 @@ class PythonInstance(RequestInstance):
             request.sender.is_cancelled,
             self._decoupled,
         )
-        timeout = request.parameters.get("timeout", 0)
-        parameters = {
-            key: value
-            for key, value in request.parameters.items()
-            if key not in _RESERVED_PARAMETERS
-        }
+        options = request.options
         wrapped = InferenceRequest._create(
             inputs=[Tensor._wrap(name, array) for name, array in request.inputs.items()],
             request_id=request.request_id,
             requested_output_names=list(request.output_names),
-            parameters=json.dumps(parameters),
-            timeout=timeout if isinstance(timeout, int) and not isinstance(timeout, bool) else 0,
+            parameters=json.dumps(dict(options.parameters)),
+            timeout=options.timeout_us,
             sender=sender,
         )
         # Triton hands a model the request's correlation id (0 without one; int or str)
-        # and its sequence flags.
-        correlation_id = request.parameters.get("sequence_id", 0)
-        if isinstance(correlation_id, int) and not isinstance(correlation_id, bool):
-            correlation_id %= 1 << 64  # Triton's ids are uint64
-        wrapped._correlation_id = correlation_id if isinstance(correlation_id, int | str) else 0
-        flags = 0
-        if request.parameters.get("sequence_start") is True:
-            flags |= TRITONSERVER_REQUEST_FLAG_SEQUENCE_START
-        if request.parameters.get("sequence_end") is True:
-            flags |= TRITONSERVER_REQUEST_FLAG_SEQUENCE_END
-        wrapped._flags = flags
+        # and its sequence flags (TRITONSERVER_REQUEST_FLAG_SEQUENCE_START/END).
+        wrapped._correlation_id = options.sequence.sequence_id
+        wrapped._flags = options.sequence.flags
         return wrapped
 
     def _answer(

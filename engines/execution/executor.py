@@ -25,6 +25,7 @@ from inferd.engines.backends import BackendInstance, BackendRequest, RequestInst
 from inferd.engines.errors import EngineError, ErrorCode
 from inferd.engines.execution.packing import scatter
 from inferd.engines.execution.streams import ResponseStream, StreamedResponse
+from inferd.engines.options import DEFAULT_OPTIONS, RequestOptions
 from inferd.engines.scheduling.dynamic import (
     BatchingPolicy,
     PendingRequest,
@@ -34,7 +35,7 @@ from inferd.engines.scheduling.dynamic import (
     Scheduler,
 )
 from inferd.engines.statistics import FailureReason, ModelStatistics, ResponseOutcome
-from inferd.engines.types import BatchMember, BatchObserver, BatchRecord, ParameterValue
+from inferd.engines.types import BatchMember, BatchObserver, BatchRecord
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class Job:
     trace: object | None = None  # the front end's handle, for the BatchObserver
     # Request-level instances (Python models) see these; tensor instances do not.
     request_id: str = ""
-    parameters: Mapping[str, ParameterValue] | None = None
+    options: RequestOptions = DEFAULT_OPTIONS
     # Set for a streamed request: its responses go here, and the future only says when
     # it ended (or why it never ran).
     stream: ResponseStream | None = None
@@ -170,7 +171,7 @@ class BatchingExecutor:
         trace: object | None = None,
         *,
         request_id: str = "",
-        parameters: Mapping[str, ParameterValue] | None = None,
+        options: RequestOptions = DEFAULT_OPTIONS,
         stream: ResponseStream | None = None,
         device_outputs: frozenset[str] = frozenset(),
     ) -> Outputs:
@@ -188,7 +189,7 @@ class BatchingExecutor:
             pending.key = next(self._keys)
             pending.arrival = self._clock()
             try:
-                self._queue(pending, parameters or {})
+                self._queue(pending, options)
             except QueueFull:
                 self._statistics.record_failure(0, FailureReason.REJECTED)
                 raise
@@ -203,7 +204,7 @@ class BatchingExecutor:
                 time.perf_counter_ns(),
                 trace,
                 request_id,
-                parameters,
+                options,
                 stream,
                 device_outputs,
             )
@@ -219,7 +220,7 @@ class BatchingExecutor:
 
     # Hooks where a scheduler other than the dynamic batcher plugs in (sequence_executor).
 
-    def _queue(self, pending: PendingRequest, parameters: Mapping[str, ParameterValue]) -> None:
+    def _queue(self, pending: PendingRequest, options: RequestOptions) -> None:
         """Add a request to the scheduler, under the lock; raise to refuse it."""
         self._scheduler.add(pending)
 
@@ -325,7 +326,7 @@ class BatchingExecutor:
                 job.request_id,
                 job.inputs,
                 job.output_names + self._extra_outputs,
-                job.parameters or {},
+                job.options,
                 sender,
             )
             for job, sender in zip(jobs, senders, strict=True)

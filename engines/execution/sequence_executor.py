@@ -23,6 +23,7 @@ from inferd.engines.errors import EngineError, ErrorCode
 from inferd.engines.execution.executor import BatchingExecutor, Job, Outputs
 from inferd.engines.execution.sequence_state import SequenceStates, StateLease, StateSpec
 from inferd.engines.execution.streams import ResponseStream
+from inferd.engines.options import DEFAULT_OPTIONS, RequestOptions
 from inferd.engines.scheduling.dynamic import BatchingPolicy, PendingRequest
 from inferd.engines.scheduling.sequence import (
     SequenceId,
@@ -30,11 +31,11 @@ from inferd.engines.scheduling.sequence import (
     SequenceRequest,
     SequenceScheduler,
     SequencesFull,
+    check_sequence,
     control_tensors,
-    sequence_parameters,
 )
 from inferd.engines.statistics import FailureReason, ModelStatistics
-from inferd.engines.types import BatchObserver, ParameterValue
+from inferd.engines.types import BatchObserver
 
 
 class SequenceBatchingExecutor(BatchingExecutor):
@@ -81,14 +82,15 @@ class SequenceBatchingExecutor(BatchingExecutor):
         trace: object | None = None,
         *,
         request_id: str = "",
-        parameters: Mapping[str, ParameterValue] | None = None,
+        options: RequestOptions = DEFAULT_OPTIONS,
         stream: ResponseStream | None = None,
         device_outputs: frozenset[str] = frozenset(),
     ) -> Outputs:
         """Queue one step of a sequence, with its control tensors, and wait for it.
         Outputs always come back to the host (``takes_device_tensors`` is False)."""
         try:
-            sequence = sequence_parameters(self._policy.model, parameters or {})
+            sequence = options.sequence
+            check_sequence(self._policy.model, sequence)
             controls = control_tensors(
                 self._policy.controls, sequence, pending.rows, self._policy.max_batch_size > 0
             )
@@ -108,12 +110,12 @@ class SequenceBatchingExecutor(BatchingExecutor):
             pending,
             trace,
             request_id=request_id,
-            parameters=parameters,
+            options=options,
             stream=stream,
         )
 
-    def _queue(self, pending: PendingRequest, parameters: Mapping[str, ParameterValue]) -> None:
-        sequence = sequence_parameters(self._policy.model, parameters)
+    def _queue(self, pending: PendingRequest, options: RequestOptions) -> None:
+        sequence = options.sequence  # checked by run()
         try:
             self._sequence_queue.add(
                 SequenceRequest(

@@ -31,9 +31,8 @@ from inferd.engines.repository.config import (
     validate_config,
     version_directories,
 )
+from inferd.engines.repository.policies import batching_policy, sequence_policy
 from inferd.engines.repository.warmup import warm_up
-from inferd.engines.scheduling.dynamic import BatchingPolicy
-from inferd.engines.scheduling.sequence import SequencePolicy
 from inferd.engines.statistics import ModelStatistics
 from inferd.engines.types import BatchObserver, ModelIndexEntry, ModelState
 from inferd.protos import model_config_pb2
@@ -147,7 +146,7 @@ def _load_version(
         executor = SequenceBatchingExecutor(
             f"{config.name}:{version}",
             instances,
-            SequencePolicy.from_config(config, len(instances)),
+            sequence_policy(config, len(instances)),
             DEFAULT_QUEUE_CAPACITY,
             statistics,
             observer=observer,
@@ -158,7 +157,7 @@ def _load_version(
         executor = BatchingExecutor(
             f"{config.name}:{version}",
             instances,
-            BatchingPolicy.from_config(config),
+            batching_policy(config),
             DEFAULT_QUEUE_CAPACITY,
             statistics,
             observer=observer,

@@ -21,7 +21,9 @@ import numpy as np
 from inferd.engines.backends import BackendInstance, BackendRequest, RequestInstance
 from inferd.engines.errors import EngineError, ErrorCode
 from inferd.engines.execution.sequence_state import SequenceStates, load_states
-from inferd.engines.scheduling.sequence import SequenceParameters, SequencePolicy, control_tensors
+from inferd.engines.options import DEFAULT_OPTIONS, SequenceParameters
+from inferd.engines.repository.policies import sequence_policy
+from inferd.engines.scheduling.sequence import control_tensors
 from inferd.engines.validation import shape_text
 from inferd.protos import model_config_pb2
 from inferd.protos.datatypes import NUMPY_DTYPES, config_type_to_datatype, decode_bytes_tensor
@@ -102,7 +104,7 @@ def _with_sequence_inputs(
         return sample
     batched = config.max_batch_size > 0
     rows = next(iter(sample.feed.values())).shape[0] if batched and sample.feed else 1
-    policy = SequencePolicy.from_config(config, instances=1)
+    policy = sequence_policy(config, instances=1)
     extra = control_tensors(policy.controls, SequenceParameters(1, True, True), rows, batched)
     states = SequenceStates(load_states(config, model_dir), batched).begin(1, start=True)
     for name, initial in states.inputs.items():
@@ -147,7 +149,7 @@ def _run_once(
         instance.infer(feed, output_names)
         return
     sender = _WarmupSender()
-    instance.execute([BackendRequest("warmup", feed, tuple(output_names), {}, sender)])
+    instance.execute([BackendRequest("warmup", feed, tuple(output_names), DEFAULT_OPTIONS, sender)])
     if not sender.ended.wait(_REQUEST_END_TIMEOUT_S):
         raise EngineError(
             ErrorCode.INTERNAL, f"the request did not end within {_REQUEST_END_TIMEOUT_S:.0f} s"

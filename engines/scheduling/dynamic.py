@@ -27,9 +27,6 @@ from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from inferd.engines.errors import EngineError, ErrorCode
-from inferd.protos import model_config_pb2
-
-_MICROSECONDS = 1_000_000
 
 
 class TimeoutAction(enum.Enum):
@@ -49,20 +46,6 @@ class QueuePolicy:
     # default timeout it is ignored (Triton keeps min(default, request) when both are set).
     allow_timeout_override: bool = False
     max_queue_size: int = 0  # 0: unbounded in Triton; inferd still caps (Scheduler capacity)
-
-    @classmethod
-    def from_proto(cls, policy: model_config_pb2.ModelQueuePolicy) -> QueuePolicy:
-        action = model_config_pb2.ModelQueuePolicy.TimeoutAction
-        return cls(
-            timeout_action=(
-                TimeoutAction.DELAY
-                if policy.timeout_action == action.DELAY
-                else TimeoutAction.REJECT
-            ),
-            default_timeout_s=policy.default_timeout_microseconds / _MICROSECONDS,
-            allow_timeout_override=policy.allow_timeout_override,
-            max_queue_size=policy.max_queue_size,
-        )
 
     def timeout_for(self, request_timeout_s: float) -> float:
         """The queue timeout a request gets (0: none), as Triton's PolicyQueue sets it."""
@@ -97,62 +80,6 @@ class BatchingPolicy:
             )
         if self.max_queue_delay_s < 0:
             raise ValueError(f"max_queue_delay_s must be >= 0, got {self.max_queue_delay_s}")
-
-    @classmethod
-    def from_config(cls, config: model_config_pb2.ModelConfig) -> BatchingPolicy:
-        """Read a model config; invalid batching fields fail with Triton's messages."""
-        if not config.HasField("dynamic_batching"):
-            return cls(max_batch_size=config.max_batch_size, dynamic=False)
-        _check_dynamic_batching(config)
-        batching = config.dynamic_batching
-        return cls(
-            max_batch_size=config.max_batch_size,
-            dynamic=True,
-            preferred_batch_sizes=tuple(sorted(set(batching.preferred_batch_size))),
-            max_queue_delay_s=batching.max_queue_delay_microseconds / _MICROSECONDS,
-            preserve_ordering=batching.preserve_ordering,
-            priority_levels=batching.priority_levels,
-            default_priority_level=batching.default_priority_level,
-            default_queue_policy=QueuePolicy.from_proto(batching.default_queue_policy),
-            priority_queue_policy={
-                level: QueuePolicy.from_proto(policy)
-                for level, policy in sorted(batching.priority_queue_policy.items())
-            },
-        )
-
-
-def _check_dynamic_batching(config: model_config_pb2.ModelConfig) -> None:
-    """Triton's ValidateModelConfig checks on ``dynamic_batching``, in its order and wording."""
-    batching, name = config.dynamic_batching, config.name
-    for size in batching.preferred_batch_size:
-        if size <= 0:
-            raise _invalid(f"dynamic batching preferred size must be positive for {name}")
-        if size > config.max_batch_size:
-            raise _invalid(f"dynamic batching preferred size must be <= max batch size for {name}")
-    levels = batching.priority_levels
-    if levels != 0:
-        if not 0 < batching.default_priority_level <= levels:
-            raise _invalid(f"default priority level must be in range [1, {levels}] for {name}")
-        if any(not 0 < level <= levels for level in batching.priority_queue_policy):
-            raise _invalid(
-                f"priority queue policy must have priority level in range [1, {levels}] for {name}"
-            )
-    if batching.preserve_ordering:
-        if levels > 1:
-            raise _invalid(
-                f"Only one priority level is allowed when 'preserve_ordering' is true for {name}"
-            )
-        delay = model_config_pb2.ModelQueuePolicy.TimeoutAction.DELAY
-        policies = [batching.default_queue_policy, *batching.priority_queue_policy.values()]
-        if any(p.default_timeout_microseconds and p.timeout_action == delay for p in policies):
-            raise _invalid(
-                "Queue policy can not have DELAY as timeout action when 'preserve_ordering' "
-                f"is true for {name}"
-            )
-
-
-def _invalid(message: str) -> EngineError:
-    return EngineError(ErrorCode.INVALID_ARGUMENT, message)
 
 
 @dataclass(slots=True)

@@ -34,23 +34,16 @@ from __future__ import annotations
 import enum
 import math
 from collections import OrderedDict, deque
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from inferd.engines.errors import EngineError, ErrorCode
-from inferd.protos import model_config_pb2
+from inferd.engines.options import SequenceId, SequenceParameters
 
-_MICROSECONDS = 1_000_000
 # Triton's default max_sequence_idle_microseconds.
 DEFAULT_IDLE_S = 1.0
-# Triton's request flags, as Python models read them from InferenceRequest.flags().
-FLAG_SEQUENCE_START = 1
-FLAG_SEQUENCE_END = 2
-_UINT64 = 1 << 64
-
-SequenceId = int | str
 
 
 class Strategy(enum.Enum):
@@ -74,34 +67,6 @@ class ControlInput:
     dtype: np.dtype
     false_value: object = 0
     true_value: object = 1
-
-
-@dataclass(frozen=True, slots=True)
-class SequenceParameters:
-    """A request's sequence parameters, checked."""
-
-    sequence_id: SequenceId
-    start: bool
-    end: bool
-
-    @property
-    def flags(self) -> int:
-        return (FLAG_SEQUENCE_START if self.start else 0) | (FLAG_SEQUENCE_END if self.end else 0)
-
-
-def sequence_parameters(model: str, parameters: Mapping[str, object]) -> SequenceParameters:
-    """Read ``sequence_id``/``sequence_start``/``sequence_end``; 0 or "" is no id (Triton)."""
-    raw = parameters.get("sequence_id", 0)
-    sequence_id: SequenceId = raw % _UINT64 if isinstance(raw, int) else str(raw)
-    if sequence_id in (0, ""):
-        raise EngineError(
-            ErrorCode.INVALID_ARGUMENT,
-            f"inference request to model '{model}' must specify a non-zero or non-empty "
-            "correlation ID",
-        )
-    return SequenceParameters(
-        sequence_id, bool(parameters.get("sequence_start")), bool(parameters.get("sequence_end"))
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,120 +95,6 @@ class SequencePolicy:
         if self.strategy is Strategy.DIRECT:
             return self.slots_per_instance * self.instances
         return self.max_candidate_sequences
-
-    @classmethod
-    def from_config(cls, config: model_config_pb2.ModelConfig, instances: int) -> SequencePolicy:
-        batching = config.sequence_batching
-        strategy = Strategy.OLDEST if batching.HasField("oldest") else Strategy.DIRECT
-        idle_us = batching.max_sequence_idle_microseconds
-        fields: dict[str, object] = {}
-        if strategy is Strategy.OLDEST:
-            oldest = batching.oldest
-            if oldest.max_candidate_sequences < 1:
-                raise _invalid(
-                    "sequence batching oldest strategy requires max_candidate_sequences >= 1 "
-                    f"for {config.name}"
-                )
-            for size in oldest.preferred_batch_size:
-                if not 0 < size <= max(1, config.max_batch_size):
-                    raise _invalid(
-                        "sequence batching preferred batch size must be positive and <= max "
-                        f"batch size for {config.name}"
-                    )
-            fields.update(
-                max_candidate_sequences=oldest.max_candidate_sequences,
-                preferred_batch_sizes=tuple(sorted(set(oldest.preferred_batch_size))),
-                max_queue_delay_s=oldest.max_queue_delay_microseconds / _MICROSECONDS,
-            )
-        else:
-            direct = batching.direct
-            if not 0.0 <= direct.minimum_slot_utilization <= 1.0:
-                raise _invalid(
-                    "sequence batching minimum slot utilization must be in [0, 1] for "
-                    f"{config.name}"
-                )
-            fields.update(
-                max_queue_delay_s=direct.max_queue_delay_microseconds / _MICROSECONDS,
-                minimum_slot_utilization=direct.minimum_slot_utilization,
-            )
-        return cls(
-            model=config.name,
-            max_batch_size=config.max_batch_size,
-            instances=max(1, instances),
-            strategy=strategy,
-            idle_s=idle_us / _MICROSECONDS if idle_us else DEFAULT_IDLE_S,
-            controls=_controls(config),
-            **fields,  # type: ignore[arg-type]
-        )
-
-
-_FLAG_KINDS = {
-    model_config_pb2.ModelSequenceBatching.Control.CONTROL_SEQUENCE_START: ControlKind.START,
-    model_config_pb2.ModelSequenceBatching.Control.CONTROL_SEQUENCE_END: ControlKind.END,
-    model_config_pb2.ModelSequenceBatching.Control.CONTROL_SEQUENCE_READY: ControlKind.READY,
-}
-_CORRID_TYPES: dict[int, np.dtype] = {
-    model_config_pb2.TYPE_UINT64: np.dtype(np.uint64),
-    model_config_pb2.TYPE_INT64: np.dtype(np.int64),
-    model_config_pb2.TYPE_UINT32: np.dtype(np.uint32),
-    model_config_pb2.TYPE_INT32: np.dtype(np.int32),
-    model_config_pb2.TYPE_STRING: np.dtype(np.object_),
-}
-
-
-def _controls(config: model_config_pb2.ModelConfig) -> tuple[ControlInput, ...]:
-    """Triton's control_input rules: one control per tensor, one tensor per kind."""
-    name = config.name
-    controls: list[ControlInput] = []
-    declared = {tensor.name for tensor in config.input}
-    kind_enum = model_config_pb2.ModelSequenceBatching.Control
-    for control_input in config.sequence_batching.control_input:
-        if len(control_input.control) != 1:
-            raise _invalid(
-                f"sequence batching control tensor '{control_input.name}' must have exactly "
-                f"one control for {name}"
-            )
-        if control_input.name in declared:
-            raise _invalid(
-                f"sequence batching control tensor '{control_input.name}' is also a model "
-                f"input for {name}: the server fills it in, so leave it out of 'input'"
-            )
-        control = control_input.control[0]
-        if control.kind == kind_enum.CONTROL_SEQUENCE_CORRID:
-            corrid_dtype = _CORRID_TYPES.get(control.data_type)
-            if corrid_dtype is None:
-                raise _invalid(
-                    f"sequence batching control tensor '{control_input.name}' of kind "
-                    "CONTROL_SEQUENCE_CORRID must be TYPE_UINT64, TYPE_INT64, TYPE_UINT32, "
-                    f"TYPE_INT32 or TYPE_STRING for {name}"
-                )
-            controls.append(ControlInput(control_input.name, ControlKind.CORRID, corrid_dtype))
-            continue
-        kind = _FLAG_KINDS.get(control.kind)
-        if kind is None:
-            raise _invalid(
-                f"sequence batching control tensor '{control_input.name}' has a control "
-                f"kind inferd does not fill in ({kind_enum.Kind.Name(control.kind)}) for {name}"
-            )
-        pairs: tuple[tuple[np.dtype, list[object]], ...] = (
-            (np.dtype(np.int32), list(control.int32_false_true)),
-            (np.dtype(np.float32), list(control.fp32_false_true)),
-            (np.dtype(np.bool_), list(control.bool_false_true)),
-        )
-        given = [(dtype, pair) for dtype, pair in pairs if pair]
-        if len(given) != 1 or len(given[0][1]) != 2:
-            raise _invalid(
-                f"sequence batching control tensor '{control_input.name}' must specify exactly "
-                "two values in one of int32_false_true, fp32_false_true or bool_false_true "
-                f"for {name}"
-            )
-        dtype, (false_value, true_value) = given[0]
-        controls.append(ControlInput(control_input.name, kind, dtype, false_value, true_value))
-    kinds = [control.kind for control in controls]
-    for kind in set(kinds):
-        if kinds.count(kind) > 1:
-            raise _invalid(f"sequence batching specifies multiple {kind.value} tensors for {name}")
-    return tuple(controls)
 
 
 def control_tensors(
@@ -281,8 +132,14 @@ def control_tensors(
     return tensors
 
 
-def _invalid(message: str) -> EngineError:
-    return EngineError(ErrorCode.INVALID_ARGUMENT, message)
+def check_sequence(model: str, sequence: SequenceParameters) -> None:
+    """A request to a sequence model must name its sequence (0 or "" names none)."""
+    if not sequence.given:
+        raise EngineError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"inference request to model '{model}' must specify a non-zero or non-empty "
+            "correlation ID",
+        )
 
 
 @dataclass(slots=True)

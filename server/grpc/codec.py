@@ -21,7 +21,17 @@ from inferd.engines import (
     RequestedOutput,
 )
 from inferd.engines.client_memory.system import RequestRegions
-from inferd.engines.types import ParameterValue, SharedMemoryRef
+from inferd.engines.options import (
+    EMPTY_FINAL_RESPONSE,
+    PRIORITY,
+    SEQUENCE_END,
+    SEQUENCE_ID,
+    SEQUENCE_START,
+    TIMEOUT,
+    ParameterValue,
+    RequestOptions,
+)
+from inferd.engines.types import SharedMemoryRef
 from inferd.protos import grpc_service_pb2 as pb
 from inferd.protos.datatypes import NUMPY_DTYPES, encode_bytes_tensor
 
@@ -106,7 +116,8 @@ def _typed_array(
     return wide.astype(dtype)
 
 
-def _parameters(request: pb.ModelInferRequest) -> dict[str, ParameterValue]:
+def _options(request: pb.ModelInferRequest) -> RequestOptions:
+    """The request's parameters, checked as Triton checks them, typed once."""
     parameters: dict[str, ParameterValue] = {}
     for key, parameter in request.parameters.items():
         choice = parameter.WhichOneof("parameter_choice")
@@ -123,10 +134,10 @@ def _parameters(request: pb.ModelInferRequest) -> dict[str, ParameterValue]:
                 f"invalid value type for '{key}' parameter, expected {allowed.expected}."
             )
         value = getattr(parameter, choice)
-        if key == "priority" and value < 0:
+        if key == PRIORITY and value < 0:
             raise _invalid("invalid value for 'priority', expected value >= 0.")
         parameters[key] = value
-    return parameters
+    return RequestOptions.from_parameters(parameters)
 
 
 class _ParameterType:
@@ -140,12 +151,12 @@ class _ParameterType:
 
 # The request parameters Triton interprets, with the value types it accepts.
 _PARAMETER_TYPES = {
-    "sequence_id": _ParameterType("int64_param", "string_param"),
-    "sequence_start": _ParameterType("bool_param"),
-    "sequence_end": _ParameterType("bool_param"),
-    "priority": _ParameterType("int64_param", "uint64_param"),
-    "timeout": _ParameterType("int64_param"),
-    "triton_enable_empty_final_response": _ParameterType("bool_param"),
+    SEQUENCE_ID: _ParameterType("int64_param", "string_param"),
+    SEQUENCE_START: _ParameterType("bool_param"),
+    SEQUENCE_END: _ParameterType("bool_param"),
+    PRIORITY: _ParameterType("int64_param", "uint64_param"),
+    TIMEOUT: _ParameterType("int64_param"),
+    EMPTY_FINAL_RESPONSE: _ParameterType("bool_param"),
 }
 _ANY_PARAMETER = _ParameterType("int64_param", "bool_param", "string_param", "double_param")
 
@@ -295,7 +306,7 @@ def decode_infer_request(
             _requested_output(model, output, regions) for output in request.outputs
         ),
         request_id=request.id,
-        parameters=_parameters(request),
+        options=_options(request),
         deadline=deadline,
     )
 

@@ -41,7 +41,6 @@ logger = logging.getLogger(__name__)
 MAX_REQUESTS_IN_FLIGHT = 1024
 MAX_RESPONSES_WAITING = 256
 FINAL_RESPONSE = "triton_final_response"
-EMPTY_FINAL_RESPONSE = "triton_enable_empty_final_response"
 GRPC_ERROR_HEADER = "triton_grpc_error"
 
 
@@ -172,7 +171,7 @@ class StreamCall:
             engine_request = await asyncio.to_thread(decode_infer_request, request, None, regions)
         else:
             engine_request = decode_infer_request(request, None, regions)
-        empty_final = engine_request.parameters.get(EMPTY_FINAL_RESPONSE) is True
+        empty_final = engine_request.options.empty_final_response
         trace = None
         if self._tracing is not None:
             trace = self._tracing.start_request(

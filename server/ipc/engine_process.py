@@ -358,7 +358,7 @@ class FrontConnection:
                 for output in message.outputs
             ),
             request_id=message.request_id,
-            parameters=message.parameters,
+            options=m.from_wire_options(message.options),
             deadline=message.deadline,
             trace=trace,
         )

@@ -21,8 +21,15 @@ from inferd.engines.catalog import CatalogEntry, ModelInfo
 from inferd.engines.client_memory.cuda import CudaRegionStatus
 from inferd.engines.client_memory.system import RegionStatus
 from inferd.engines.errors import ErrorCode
+from inferd.engines.options import (
+    DEFAULT_OPTIONS,
+    ParameterValue,
+    RequestOptions,
+    SequenceId,
+    SequenceParameters,
+)
 from inferd.engines.statistics import StatisticsSnapshot
-from inferd.engines.types import ModelIndexEntry, ParameterValue
+from inferd.engines.types import ModelIndexEntry
 from inferd.engines.validation import TensorSpec
 from inferd.protos import model_config_pb2
 
@@ -56,6 +63,45 @@ class WantedOutput(msgspec.Struct, array_like=True, gc=False):
     byte_size: int = 0
 
 
+class Options(msgspec.Struct, array_like=True, gc=False):
+    """A request's ``RequestOptions``; requests with the defaults send none."""
+
+    priority: int
+    timeout_us: int
+    sequence_id: SequenceId
+    sequence_start: bool
+    sequence_end: bool
+    empty_final_response: bool
+    parameters: dict[str, ParameterValue]
+
+
+def to_wire_options(options: RequestOptions) -> Options | None:
+    if options is DEFAULT_OPTIONS:
+        return None
+    sequence = options.sequence
+    return Options(
+        options.priority,
+        options.timeout_us,
+        sequence.sequence_id,
+        sequence.start,
+        sequence.end,
+        options.empty_final_response,
+        dict(options.parameters),
+    )
+
+
+def from_wire_options(options: Options | None) -> RequestOptions:
+    if options is None:
+        return DEFAULT_OPTIONS
+    return RequestOptions(
+        options.priority,
+        options.timeout_us,
+        SequenceParameters(options.sequence_id, options.sequence_start, options.sequence_end),
+        options.empty_final_response,
+        options.parameters,
+    )
+
+
 class TraceRef(msgspec.Struct, array_like=True, gc=False):
     """The front's request span, for the engine's spans to join: W3C ids in hex."""
 
@@ -81,7 +127,7 @@ class Infer(msgspec.Struct, array_like=True, tag=2, gc=False):
     request_id: str
     inputs: list[Tensor]
     outputs: list[WantedOutput]  # empty: all
-    parameters: dict[str, ParameterValue]
+    options: Options | None  # None: the defaults
     deadline: float | None  # absolute time.monotonic(), valid in every process here
     trace: TraceRef | None
     stream: bool  # answered by several Results (ModelStreamInfer)

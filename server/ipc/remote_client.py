@@ -427,7 +427,7 @@ class RemoteEngineClient:
                 request.request_id,
                 inputs,
                 [_wanted(output) for output in request.requested_outputs],
-                request.parameters,
+                m.to_wire_options(request.options),
                 request.deadline,
                 trace,
                 stream,

@@ -21,9 +21,10 @@ from inferd.engines.backends import BackendRequest, InstanceSpec
 from inferd.engines.backends import python_utils as pb_utils
 from inferd.engines.backends.python import PythonBackend, PythonInstance
 from inferd.engines.errors import EngineError, ErrorCode
+from inferd.engines.options import ParameterValue, RequestOptions
 from inferd.engines.repository.config import read_config
 from inferd.engines.repository.loader import load_model
-from inferd.engines.types import ModelState, ParameterValue
+from inferd.engines.types import ModelState
 from inferd.protos import model_config_pb2
 
 WAIT_S = 30  # generous bound for background threads; never a timing assertion
@@ -78,7 +79,7 @@ def request(
         request_id=request_id,
         inputs=dict(inputs),
         output_names=outputs,
-        parameters=dict(parameters or {}),
+        options=RequestOptions.from_parameters(parameters or {}),
         sender=sender or RecordingSender(),
     )
 

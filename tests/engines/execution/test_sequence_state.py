@@ -22,6 +22,7 @@ from inferd.engines.errors import EngineError, ErrorCode
 from inferd.engines.execution.packing import signature
 from inferd.engines.execution.sequence_executor import SequenceBatchingExecutor
 from inferd.engines.execution.sequence_state import SequenceStates, StateSpec, load_states
+from inferd.engines.options import RequestOptions, SequenceParameters
 from inferd.engines.scheduling.dynamic import PendingRequest
 from inferd.engines.scheduling.sequence import (
     SequencePolicy,
@@ -279,8 +280,8 @@ def _run_waves(
     async def step(sequence_id: int, value: int, start: bool, end: bool) -> int:
         inputs = {"INPUT": np.array([[value]], dtype=np.int32)}
         pending = PendingRequest(0, 1, signature(inputs, True), 0.0)
-        parameters = {"sequence_id": sequence_id, "sequence_start": start, "sequence_end": end}
-        outputs = await executor.run(inputs, ("OUTPUT",), pending, parameters=parameters)
+        options = RequestOptions(sequence=SequenceParameters(sequence_id, start, end))
+        outputs = await executor.run(inputs, ("OUTPUT",), pending, options=options)
         assert outputs.keys() == {"OUTPUT"}  # the state output is not the client's
         return int(outputs["OUTPUT"][0, 0])
 

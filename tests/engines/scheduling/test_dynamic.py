@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from google.protobuf import text_format
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from inferd.engines import EngineError, ErrorCode
+from inferd.engines.repository.policies import batching_policy
 from inferd.engines.scheduling.dynamic import (
     BatchingPolicy,
     PendingRequest,
@@ -20,7 +20,7 @@ from inferd.engines.scheduling.dynamic import (
     Scheduler,
     TimeoutAction,
 )
-from inferd.protos import model_config_pb2
+from tests.engines.repository.test_policies import CONFIG, _config
 
 
 def _scheduler(capacity: int = 64, **fields: object) -> Scheduler:
@@ -348,95 +348,11 @@ def test_expiry_bookkeeping_stays_bounded_under_churn() -> None:
     assert len(scheduler._expiries) < 100
 
 
-# Configuration
-
-CONFIG = """
-name: "ranker"
-max_batch_size: 16
-dynamic_batching {
-  preferred_batch_size: [ 8, 4 ]
-  max_queue_delay_microseconds: 100
-  priority_levels: 3
-  default_priority_level: 2
-  default_queue_policy {
-    timeout_action: DELAY
-    default_timeout_microseconds: 250000
-    allow_timeout_override: true
-    max_queue_size: 10
-  }
-  priority_queue_policy {
-    key: 1
-    value { max_queue_size: 4 default_timeout_microseconds: 1500 }
-  }
-  priority_queue_policy [ { key: 3 value { timeout_action: REJECT } } ]
-}
-"""
-
-
-def _config(text: str) -> model_config_pb2.ModelConfig:
-    return text_format.Parse(text, model_config_pb2.ModelConfig())
-
-
-def test_from_config_reads_dynamic_batching_in_seconds() -> None:
-    policy = BatchingPolicy.from_config(_config(CONFIG))
-    assert policy == BatchingPolicy(
-        max_batch_size=16,
-        dynamic=True,
-        preferred_batch_sizes=(4, 8),
-        max_queue_delay_s=0.0001,
-        priority_levels=3,
-        default_priority_level=2,
-        default_queue_policy=QueuePolicy(TimeoutAction.DELAY, 0.25, True, 10),
-        priority_queue_policy={
-            1: QueuePolicy(max_queue_size=4, default_timeout_s=0.0015),
-            3: QueuePolicy(),
-        },
-    )
-
-
-def test_from_config_without_dynamic_batching_runs_requests_alone() -> None:
-    policy = BatchingPolicy.from_config(_config('name: "m" max_batch_size: 8'))
-    assert policy == BatchingPolicy(max_batch_size=8, dynamic=False)
-    empty = BatchingPolicy.from_config(_config('name: "m" max_batch_size: 8 dynamic_batching {}'))
-    assert empty.dynamic and empty.preferred_batch_sizes == () and empty.max_queue_delay_s == 0
-
-
-@pytest.mark.parametrize(
-    ("batching", "message"),
-    [
-        ("preferred_batch_size: 0", "dynamic batching preferred size must be positive for m"),
-        (
-            "preferred_batch_size: 9",
-            "dynamic batching preferred size must be <= max batch size for m",
-        ),
-        ("priority_levels: 2", "default priority level must be in range [1, 2] for m"),
-        (
-            "priority_levels: 2 default_priority_level: 1 "
-            "priority_queue_policy { key: 3 value {} }",
-            "priority queue policy must have priority level in range [1, 2] for m",
-        ),
-        (
-            "preserve_ordering: true priority_levels: 2 default_priority_level: 1",
-            "Only one priority level is allowed when 'preserve_ordering' is true for m",
-        ),
-        (
-            "preserve_ordering: true default_queue_policy "
-            "{ timeout_action: DELAY default_timeout_microseconds: 5 }",
-            "Queue policy can not have DELAY as timeout action when 'preserve_ordering' "
-            "is true for m",
-        ),
-    ],
-)
-def test_from_config_rejects_what_triton_rejects(batching: str, message: str) -> None:
-    config = _config(f'name: "m" max_batch_size: 8 dynamic_batching {{ {batching} }}')
-    with pytest.raises(EngineError) as caught:
-        BatchingPolicy.from_config(config)
-    assert caught.value.code is ErrorCode.INVALID_ARGUMENT
-    assert caught.value.message == message
+# A policy read from a config
 
 
 def test_a_parsed_config_drives_the_scheduler() -> None:
-    scheduler = Scheduler(BatchingPolicy.from_config(_config(CONFIG)), capacity=64)
+    scheduler = Scheduler(batching_policy(_config(CONFIG)), capacity=64)
     _add(scheduler, 1, 2, 3, at=0.0)
     waiting = scheduler.schedule(0.0)
     assert waiting.batch == () and waiting.wake_at == pytest.approx(0.0001)

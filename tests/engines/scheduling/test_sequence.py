@@ -9,15 +9,15 @@ import pytest
 from google.protobuf import text_format
 
 from inferd.engines import EngineError, ErrorCode
+from inferd.engines.options import SequenceParameters
+from inferd.engines.repository.policies import sequence_policy
 from inferd.engines.scheduling.sequence import (
-    ControlKind,
     SequencePolicy,
     SequenceRequest,
     SequenceScheduler,
     SequencesFull,
     Strategy,
     control_tensors,
-    sequence_parameters,
 )
 from inferd.protos import model_config_pb2
 
@@ -50,74 +50,6 @@ def _config(text: str) -> model_config_pb2.ModelConfig:
     return text_format.Parse(text, model_config_pb2.ModelConfig())
 
 
-# Parameters
-
-
-def test_a_request_without_a_sequence_id_is_refused_in_tritons_words() -> None:
-    for parameters in ({}, {"sequence_id": 0}, {"sequence_id": ""}):
-        with pytest.raises(EngineError) as caught:
-            sequence_parameters("seq", parameters)
-        assert caught.value.code is ErrorCode.INVALID_ARGUMENT
-        assert caught.value.message == (
-            "inference request to model 'seq' must specify a non-zero or non-empty correlation ID"
-        )
-
-
-def test_parameters_give_the_id_and_flags() -> None:
-    parsed = sequence_parameters("m", {"sequence_id": -1, "sequence_start": True})
-    assert parsed.sequence_id == 2**64 - 1  # int64 on the wire, uint64 in Triton
-    assert parsed.start and not parsed.end and parsed.flags == 1
-    parsed = sequence_parameters("m", {"sequence_id": "abc", "sequence_end": True})
-    assert parsed.sequence_id == "abc" and parsed.flags == 2
-
-
-# Policy from config
-
-
-def test_direct_is_the_default_and_idle_defaults_to_one_second() -> None:
-    policy = SequencePolicy.from_config(
-        _config('name: "m" max_batch_size: 8 sequence_batching {}'), instances=2
-    )
-    assert policy.strategy is Strategy.DIRECT and policy.idle_s == 1.0
-    assert policy.live_capacity == 16
-
-
-def test_oldest_reads_its_fields_and_controls() -> None:
-    policy = SequencePolicy.from_config(
-        _config(
-            """name: "m" max_batch_size: 8
-            sequence_batching {
-              max_sequence_idle_microseconds: 5000000
-              oldest { max_candidate_sequences: 3 preferred_batch_size: [2, 4]
-                       max_queue_delay_microseconds: 1000 }
-              control_input [
-                { name: "S" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [0, 1] } ] },
-                { name: "R" control [ { kind: CONTROL_SEQUENCE_READY fp32_false_true: [0, 1] } ] },
-                { name: "C" control [ { kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_STRING } ] }
-              ]
-            }"""
-        ),
-        instances=2,
-    )
-    assert policy.strategy is Strategy.OLDEST and policy.live_capacity == 3
-    assert policy.preferred_batch_sizes == (2, 4) and policy.max_queue_delay_s == 0.001
-    assert policy.idle_s == 5.0
-    assert [(c.name, c.kind) for c in policy.controls] == [
-        ("S", ControlKind.START),
-        ("R", ControlKind.READY),
-        ("C", ControlKind.CORRID),
-    ]
-
-
-def test_control_without_values_is_refused() -> None:
-    config = _config(
-        """name: "m" max_batch_size: 1 sequence_batching {
-        control_input [ { name: "S" control [ { kind: CONTROL_SEQUENCE_START } ] } ] }"""
-    )
-    with pytest.raises(EngineError, match="exactly two values"):
-        SequencePolicy.from_config(config, 1)
-
-
 def test_control_tensors_fill_flags_ready_and_the_id() -> None:
     config = _config(
         """name: "m" max_batch_size: 8 sequence_batching { control_input [
@@ -126,15 +58,15 @@ def test_control_tensors_fill_flags_ready_and_the_id() -> None:
         { name: "R" control [ { kind: CONTROL_SEQUENCE_READY int32_false_true: [0, 1] } ] },
         { name: "C" control [ { kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_UINT64 } ] } ] }"""
     )
-    policy = SequencePolicy.from_config(config, 1)
-    started = sequence_parameters("m", {"sequence_id": 7, "sequence_start": True})
+    policy = sequence_policy(config, 1)
+    started = SequenceParameters(7, start=True)
     tensors = control_tensors(policy.controls, started, 2, True)
     assert tensors["S"].tolist() == [[1], [1]] and tensors["S"].dtype == np.int32
     assert tensors["E"].tolist() == [[False], [False]]
     assert tensors["R"].tolist() == [[1], [1]]
     assert tensors["C"].tolist() == [[7], [7]] and tensors["C"].dtype == np.uint64
     with pytest.raises(EngineError, match="holds integers"):
-        control_tensors(policy.controls, sequence_parameters("m", {"sequence_id": "x"}), 1, True)
+        control_tensors(policy.controls, SequenceParameters("x"), 1, True)
 
 
 # Scheduling

@@ -88,7 +88,7 @@ class _Transport:
 
 def _infer(key: int, payload: bytes) -> m.Infer:
     tensor = m.Tensor("X", "UINT8", (len(payload),), memoryview(payload), 0, len(payload))
-    return m.Infer(key, "m", -1, f"id-{key}", [tensor], [], {}, None, None, False)
+    return m.Infer(key, "m", -1, f"id-{key}", [tensor], [], None, None, None, False)
 
 
 def test_a_turn_of_sends_is_one_write_and_frames_survive_any_split() -> None:
@@ -156,7 +156,7 @@ def test_cuda_shared_memory_crosses_the_wire_as_references() -> None:
         "id",
         [m.Tensor("X", "FP32", (1, 4), None, 32, 16, region="images")],
         [m.WantedOutput("Y", region="out", offset=8, byte_size=16), m.WantedOutput("Z")],
-        {},
+        m.Options(3, 500, 2**64 - 1, True, False, True, {"flavour": "plain"}),
         None,
         None,
         False,
