@@ -32,6 +32,7 @@ from inferd.engines import EngineClient, InferRequest, InProcessEngineClient, In
 from inferd.engines.demo.repository import build_demo_repository
 from inferd.server.config import ServerConfig
 from inferd.server.ipc.engine_process import EngineRuntime, engine_main
+from inferd.server.ipc.events import receive_event
 from inferd.server.ipc.remote_client import RemoteEngineClient
 from inferd.server.ipc.ring import remove_segments
 
@@ -136,7 +137,7 @@ def engine_process(
         send.close()
         os.sched_setaffinity(0, {args.driver_core})
         try:
-            receive.recv()  # "ready"
+            receive_event(receive)  # EngineReady
             assert engine.pid is not None
             engine_pid = engine.pid
 

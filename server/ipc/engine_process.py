@@ -39,7 +39,6 @@ from inferd.engines.client_memory.cuda import CudaSharedMemory
 from inferd.engines.client_memory.system import SystemSharedMemoryRegistry
 from inferd.engines.types import SharedMemoryRef
 from inferd.protos import model_config_pb2
-from inferd.protos.datatypes import NUMPY_DTYPES, decode_bytes_tensor, encode_bytes_tensor
 from inferd.server.app import (
     apply_switch_interval,
     cuda_shared_memory_of,
@@ -48,7 +47,9 @@ from inferd.server.app import (
 )
 from inferd.server.config import ServerConfig
 from inferd.server.ipc import messages as m
+from inferd.server.ipc import tensors
 from inferd.server.ipc.channel import Channel
+from inferd.server.ipc.events import EngineReady, send_event
 from inferd.server.ipc.process import prepare_child, run_loop
 from inferd.server.ipc.ring import RingAllocator, Segment, segment_name
 from inferd.server.metrics import MetricsServer
@@ -165,7 +166,7 @@ class EngineProcess:
             lambda: FrontConnection(self).channel, path=str(self.runtime.socket_path)
         )
         logger.info("engine serving front processes on %s", self.runtime.socket_path)
-        self._events.send("ready")
+        send_event(self._events, EngineReady())
         try:
             await self._stop.wait()
         finally:
@@ -367,19 +368,11 @@ class FrontConnection:
         if tensor.region is not None:  # CUDA shared memory, which the engine reads
             ref = SharedMemoryRef(tensor.region, tensor.offset, tensor.nbytes)
             return InputTensor(tensor.name, tensor.datatype, tensor.shape, ref)
-        data: memoryview | np.ndarray | None = tensor.data
-        if data is None:
-            ring = self._request_ring
-            if ring is None or not 0 <= tensor.offset <= ring.size - tensor.nbytes:
-                raise EngineError(
-                    ErrorCode.INTERNAL, f"input '{tensor.name}' lies outside the request ring"
-                )
-            data = ring.buffer[tensor.offset : tensor.offset + tensor.nbytes]
-        if tensor.elements >= 0:  # typed contents: checked by element count, as in-process
-            if tensor.datatype == "BYTES":
-                data = decode_bytes_tensor(data, tensor.elements)
-            else:
-                data = np.frombuffer(data, NUMPY_DTYPES[tensor.datatype], tensor.elements)
+        data: memoryview | np.ndarray = tensors.view(
+            tensor, self._request_ring, "input", "request ring"
+        )
+        if tensor.elements != tensors.RAW:  # typed contents: checked by element count
+            data = tensors.flat_array(tensor.datatype, data, tensor.elements)
         return InputTensor(tensor.name, tensor.datatype, tensor.shape, data)
 
     async def _run(self, key: int, request: InferRequest, stream: bool) -> None:
@@ -427,21 +420,13 @@ class FrontConnection:
         name, datatype, array = output.name, output.datatype, output.data
         if output.in_shared_memory:  # written into the client's GPU memory
             return m.Tensor(name, datatype, array.shape, None, in_shared_memory=True)
-        if datatype == "BYTES":
-            raw = np.frombuffer(encode_bytes_tensor(array), np.uint8)
-        else:
-            raw = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
-        nbytes = raw.nbytes
+        raw = tensors.payload(datatype, array)
+        offset = None
         responses = self._responses
-        if nbytes > m.INLINE_LIMIT and responses is not None and nbytes <= responses.capacity:
-            offset = responses.allocate(nbytes)
-            if offset is not None:  # a full ring answers inline: slower, never stuck
-                assert self._response_ring is not None
-                target = np.frombuffer(self._response_ring.buffer, np.uint8, nbytes, offset)
-                target[:] = raw
-                return m.Tensor(name, datatype, array.shape, None, offset, nbytes)
-        inline = raw.data
-        return m.Tensor(name, datatype, array.shape, inline)
+        if tensors.in_ring(raw.nbytes) and responses is not None:
+            # A full ring (or a tensor larger than it) answers inline: slower, never stuck.
+            offset = responses.allocate(raw.nbytes) if raw.nbytes <= responses.capacity else None
+        return tensors.encode(name, datatype, array.shape, raw, self._response_ring, offset)
 
     # --- control calls -------------------------------------------------------------------
 

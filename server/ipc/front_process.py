@@ -11,6 +11,7 @@ from pathlib import Path
 
 from inferd.server.app import InferenceServer
 from inferd.server.config import ServerConfig
+from inferd.server.ipc.events import FrontReady, send_event
 from inferd.server.ipc.process import prepare_child, run_loop
 from inferd.server.ipc.remote_client import RemoteEngineClient
 from inferd.server.ipc.shared_memory_mirror import MirroredSharedMemoryRegistry
@@ -57,6 +58,6 @@ def front_main(config: ServerConfig, runtime: FrontRuntime, events: Connection) 
     engine.on_readiness = server.engine_readiness
 
     async def started(server: InferenceServer) -> None:
-        events.send(("ready", *await server.model_counts()))
+        send_event(events, FrontReady(*await server.model_counts()))
 
     run_loop(server.serve(started), config.use_uvloop)

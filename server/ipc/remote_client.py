@@ -41,8 +41,8 @@ from inferd.engines.client_memory.system import RegionStatus
 from inferd.engines.statistics import StatisticsSnapshot
 from inferd.engines.types import DeviceBytes, RequestedOutput, SharedMemoryRef, shape_only
 from inferd.protos import model_config_pb2
-from inferd.protos.datatypes import NUMPY_DTYPES, decode_bytes_tensor, encode_bytes_tensor
 from inferd.server.ipc import messages as m
+from inferd.server.ipc import tensors
 from inferd.server.ipc.channel import Channel
 from inferd.server.ipc.ring import RingAllocator, Segment
 
@@ -266,20 +266,14 @@ class RemoteEngineClient:
         if tensor.in_shared_memory:  # the values are in the client's region
             return shape_only(tensor.datatype, tensor.shape)
         connection = self._connection
-        if tensor.data is not None:
-            buffer: memoryview = tensor.data
-        else:
-            assert connection is not None and connection.response_ring is not None
-            buffer = connection.response_ring.buffer[tensor.offset : tensor.offset + tensor.nbytes]
-        if tensor.datatype == "BYTES":
-            array = decode_bytes_tensor(buffer, math.prod(tensor.shape)).reshape(tensor.shape)
-            if tensor.data is None:
-                self._release(connection, tensor.offset)  # decoding copied the elements out
-            return array
-        flat = np.frombuffer(buffer, NUMPY_DTYPES[tensor.datatype])
+        ring = connection.response_ring if connection is not None else None
+        buffer = tensors.view(tensor, ring, "output", "response ring")
+        flat = tensors.flat_array(tensor.datatype, buffer, math.prod(tensor.shape))
         if tensor.data is None:
-            # The extent is free again once every view of it is gone (after encoding).
-            weakref.finalize(flat, self._release, connection, tensor.offset)
+            if tensor.datatype == "BYTES":  # decoding copied the elements out
+                self._release(connection, tensor.offset)
+            else:  # the extent is free again once every view of it is gone (after encoding)
+                weakref.finalize(flat, self._release, connection, tensor.offset)
         return flat.reshape(tensor.shape)
 
     def _release(self, connection: _Connection | None, offset: int) -> None:
@@ -455,24 +449,22 @@ class RemoteEngineClient:
             )
         if isinstance(data, DeviceBytes):
             raise TypeError("device bytes exist only in the engine process")
-        elements = -1
-        if isinstance(data, np.ndarray):  # typed contents
-            elements = len(data)
-            data = encode_bytes_tensor(data) if tensor.datatype == "BYTES" else data
-        raw = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data
-        nbytes = raw.nbytes
-        if nbytes > m.INLINE_LIMIT:
-            offset = await self._allocate(connection, nbytes, request)
+        raw = tensors.payload(tensor.datatype, data)
+        elements = len(data) if isinstance(data, np.ndarray) else tensors.RAW  # typed contents
+        offset = None
+        if tensors.in_ring(raw.nbytes):
+            offset = await self._allocate(connection, raw.nbytes, request)
             if offset is not None:
                 offsets.append(offset)
-                assert connection.request_ring is not None
-                target = np.frombuffer(connection.request_ring.buffer, np.uint8, nbytes, offset)
-                target[:] = raw.reshape(-1).view(np.uint8)
-                return m.Tensor(
-                    tensor.name, tensor.datatype, tensor.shape, None, offset, nbytes, elements
-                )
-        inline = raw.reshape(-1).view(np.uint8).data
-        return m.Tensor(tensor.name, tensor.datatype, tensor.shape, inline, 0, nbytes, elements)
+        return tensors.encode(
+            tensor.name,
+            tensor.datatype,
+            tensor.shape,
+            raw,
+            connection.request_ring,
+            offset,
+            elements,
+        )
 
     async def _allocate(
         self, connection: _Connection, nbytes: int, request: InferRequest

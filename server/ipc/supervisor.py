@@ -27,9 +27,12 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from inferd.server.app import resolve_repository, tracing_from_config
 from inferd.server.config import ServerConfig
 from inferd.server.ipc.engine_process import EngineRuntime, engine_main
+from inferd.server.ipc.events import FrontReady, receive_event
 from inferd.server.ipc.front_process import FrontRuntime, front_main
 from inferd.server.ipc.ring import SHM_DIRECTORY, remove_segments, remove_stale_segments
 from inferd.server.model_control import ModelControlMode, startup_models
@@ -226,9 +229,12 @@ class Supervisor:
 
     def _event(self, child: _Child, events: Connection) -> None:
         try:
-            event = events.recv()
+            event = receive_event(events)
         except (EOFError, OSError):  # it exited: its sentinel reports that
             child.events = None
+            return
+        except msgspec.DecodeError:  # a bug in the child: its health says the rest
+            logger.exception("%s sent an event that does not decode", child.role)
             return
         child.ready = True
         if child is self._engine:
@@ -238,15 +244,14 @@ class Supervisor:
             return
         if self._announced:
             logger.info("%s serving again (epoch %d)", child.role, child.incarnation)
-        elif all(front.ready for front in self._fronts):
+        elif all(front.ready for front in self._fronts) and isinstance(event, FrontReady):
             self._announced = True
-            _, serving, failed = event
             logger.info("listening on %s:%d", self._shown_host(), self._port)
             logger.info(
                 "ready: %d front processes, %d model version(s) serving, %d failed to load",
                 len(self._fronts),
-                serving,
-                failed,
+                event.serving,
+                event.failed,
             )
 
     def _shown_host(self) -> str:
