@@ -7,7 +7,7 @@ engine in this process (here) and an engine process reached over a local socket
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -86,9 +86,13 @@ class InProcessEngineClient:
         observer: BatchObserver | None = None,
         startup_models: tuple[str, ...] | None = None,
         cuda_shared_memory: CudaSharedMemory | None = None,  # None: refused
+        on_models_changed: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._engine = Engine(repository, observer, cuda_shared_memory=cuda_shared_memory)
         self._startup_models = startup_models  # None: every model in the repository
+        # Awaited after every load or unload, whoever asked (an RPC or the poll loop),
+        # before that caller hears back: an engine process tells its fronts here.
+        self._on_models_changed = on_models_changed
         self._ready = False
 
     async def start(self) -> None:
@@ -128,10 +132,20 @@ class InProcessEngineClient:
         config: model_config_pb2.ModelConfig | None = None,
         cleanup: Path | None = None,
     ) -> None:
-        await asyncio.to_thread(self._engine.load, name, directory, config, cleanup)
+        try:
+            await asyncio.to_thread(self._engine.load, name, directory, config, cleanup)
+        finally:
+            await self._models_changed()
 
     async def unload_model(self, name: str) -> None:
-        await asyncio.to_thread(self._engine.unload, name)
+        try:
+            await asyncio.to_thread(self._engine.unload, name)
+        finally:
+            await self._models_changed()
+
+    async def _models_changed(self) -> None:
+        if self._on_models_changed is not None:
+            await self._on_models_changed()
 
     async def register_cuda_region(
         self, name: str, raw_handle: bytes, device_id: int, byte_size: int

@@ -24,7 +24,6 @@ from google.protobuf import json_format
 
 from inferd.engines import EngineClient, EngineError, ErrorCode
 from inferd.engines.repository.loader import directory_stamp, model_directories
-from inferd.protos import grpc_service_pb2 as pb
 from inferd.protos import model_config_pb2
 
 logger = logging.getLogger(__name__)
@@ -102,28 +101,9 @@ class LoadRequest:
     files: dict[str, bytes]  # "<version>/<file>" -> content
 
 
-def parse_load_request(request: pb.RepositoryModelLoadRequest) -> LoadRequest:
-    """Triton's parameter rules and wording, then inferd's limits on uploaded files."""
-    if request.repository_name:
-        raise EngineError(ErrorCode.UNSUPPORTED, "'repository_name' specification is not supported")
-    config_text: str | None = None
-    files: dict[str, bytes] = {}
-    for key, value in request.parameters.items():
-        kind = value.WhichOneof("parameter_choice")
-        if key == "config":
-            if kind != "string_param":
-                raise _invalid(
-                    f"invalid value type for load parameter '{key}', expected string_param."
-                )
-            config_text = value.string_param
-        elif key.startswith(FILE_PREFIX):
-            if kind != "bytes_param":
-                raise _invalid(
-                    f"invalid value type for load parameter '{_shown(key)}', expected bytes_param."
-                )
-            files[_upload_path(key)] = value.bytes_param
-        else:
-            raise _invalid(f"unrecognized load parameter '{_shown(key)}'.")
+def load_request(name: str, config_text: str | None, files: dict[str, bytes]) -> LoadRequest:
+    """A load's parameters, of the right wire types (``files`` keyed by ``upload_path``),
+    checked against inferd's limits; the config override parsed."""
     if len(files) > MAX_UPLOAD_FILES:
         raise _invalid(
             f"too many file parameters: {len(files)}, at most {MAX_UPLOAD_FILES} per load"
@@ -140,15 +120,17 @@ def parse_load_request(request: pb.RepositoryModelLoadRequest) -> LoadRequest:
             json_format.Parse(config_text, config)
         except json_format.ParseError as exc:
             raise _invalid(f"Invalid config override: {exc}") from None
-    return LoadRequest(request.model_name, config, files)
+    return LoadRequest(name, config, files)
 
 
-def _shown(key: str) -> str:
+def shown(key: str) -> str:
     """A parameter key for an error message: never more than 300 characters of it."""
     return key if len(key) <= 300 else f"{key[:300]}..."
 
 
-def _upload_path(key: str) -> str:
+def upload_path(key: str) -> str:
+    """The ``<version>/<file>`` a ``file:`` load parameter names; refused unless it is
+    one version directory and one plain file name."""
     path = key[len(FILE_PREFIX) :]
     match = _UPLOAD_PATH.fullmatch(path)
     problem = None
@@ -163,7 +145,7 @@ def _upload_path(key: str) -> str:
         elif len(file_name.encode()) > MAX_FILE_NAME_LENGTH:
             problem = f"the file name must be at most {MAX_FILE_NAME_LENGTH} bytes"
     if problem is not None:
-        raise _invalid(f"Invalid file parameter '{_shown(key)}': {problem}")
+        raise _invalid(f"Invalid file parameter '{shown(key)}': {problem}")
     return path
 
 
@@ -210,8 +192,8 @@ class ModelControl:
         self._stop = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
 
-    async def load(self, request: pb.RepositoryModelLoadRequest) -> None:
-        parsed = parse_load_request(request)
+    async def load(self, parsed: LoadRequest) -> None:
+        """A RepositoryModelLoad, its parameters checked by the front door that got it."""
         if self.mode is not ModelControlMode.EXPLICIT:
             raise EngineError(ErrorCode.UNAVAILABLE, NOT_ALLOWED)
         validate_model_name(parsed.name)
@@ -222,21 +204,13 @@ class ModelControl:
         directory = self._repository_directory(parsed.name)
         await self._engine.load_model(parsed.name, directory, parsed.config)
 
-    async def unload(self, request: pb.RepositoryModelUnloadRequest) -> None:
-        if request.repository_name:
-            raise EngineError(
-                ErrorCode.UNSUPPORTED, "'repository_name' specification is not supported"
-            )
-        dependents = request.parameters.get("unload_dependents")
-        if dependents is not None and dependents.WhichOneof("parameter_choice") != "bool_param":
-            raise _invalid(
-                "invalid value type for 'unload_dependents' parameter, expected bool_param."
-            )
+    async def unload(self, name: str) -> None:
+        """A RepositoryModelUnload, its parameters checked by the front door that got it."""
         if self.mode is not ModelControlMode.EXPLICIT:
             raise EngineError(ErrorCode.UNAVAILABLE, NOT_ALLOWED)
-        validate_model_name(request.model_name)
+        validate_model_name(name)
         # inferd has no ensembles yet, so no model has dependents to unload with it.
-        await self._engine.unload_model(request.model_name)
+        await self._engine.unload_model(name)
 
     def _repository_directory(self, name: str) -> Path:
         not_found = EngineError(

@@ -34,6 +34,7 @@ from inferd.engines.options import (
 from inferd.engines.types import SharedMemoryRef
 from inferd.protos import grpc_service_pb2 as pb
 from inferd.protos.datatypes import NUMPY_DTYPES, encode_bytes_tensor
+from inferd.server.request_path import Codec, parse_version
 
 # The datatype each typed-contents field carries, as Triton names it in its errors.
 _FIELD_DATATYPE = {
@@ -52,24 +53,6 @@ _FIELD_ALSO_CARRIES = {"int_contents": ("INT8", "INT16"), "uint_contents": ("UIN
 
 def _invalid(message: str) -> EngineError:
     return EngineError(ErrorCode.INVALID_ARGUMENT, message)
-
-
-def parse_version(version: str) -> int | None:
-    """The protocol's version string: empty means the latest version."""
-    if not version:
-        return None
-    try:
-        number = int(version)
-    except ValueError:
-        raise _invalid(
-            f"failed to get model version from specified version string '{version}' "
-            "(details: stol), version should be an integral value > 0"
-        ) from None
-    if number < 0:
-        raise _invalid(
-            f"invalid model version specified '{version}' , version should be an integral value > 0"
-        )
-    return number
 
 
 def _typed_contents(model: str, tensor: pb.ModelInferRequest.InferInputTensor) -> np.ndarray:
@@ -334,3 +317,7 @@ def encode_infer_response(
             data = b""
         message.raw_output_contents.append(data)
     return message
+
+
+# ModelInfer's wire format, for the request path.
+UNARY = Codec(decode_infer_request, encode_infer_response)

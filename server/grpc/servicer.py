@@ -1,55 +1,24 @@
-"""``inference.GRPCInferenceService``: short typed methods that decode, call the engine
-client and encode. Protobuf types stop here; the engine sees only its own types."""
+"""``inference.GRPCInferenceService``: short typed methods that decode, call the server's
+front services (the request path for inferences) and encode. Protobuf types stop here;
+everything below sees only engine types."""
 
 from __future__ import annotations
 
-import asyncio
-import importlib.metadata
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import AsyncIterator
 
 import grpc
 
-from inferd.engines import EngineClient, EngineError, ErrorCode, ModelInfo, TensorSpec
-from inferd.engines.client_memory.system import SystemSharedMemoryRegistry
+from inferd.engines import TensorSpec
 from inferd.protos import grpc_service_pb2 as pb
 from inferd.protos import grpc_service_pb2_grpc as pb_grpc
-from inferd.server.grpc.codec import (
-    decode_infer_request,
-    encode_infer_response,
-    parse_version,
-    shared_memory_regions,
-)
+from inferd.server.grpc.codec import UNARY, shared_memory_regions
+from inferd.server.grpc.repository import decode_load_request, decode_unload_request
 from inferd.server.grpc.statistics import encode_model_statistics
 from inferd.server.grpc.status import maps_engine_errors
 from inferd.server.grpc.streaming import StreamCall
-from inferd.server.model_control import ModelControl
-
-T = TypeVar("T")
-
-if TYPE_CHECKING:  # opentelemetry is an optional extra: imported only when tracing is on
-    from inferd.server.tracing import Tracing
-
-SERVER_NAME = "inferd"
-# Only what inferd really answers; clients probe this list before using an extension.
-SUPPORTED_EXTENSIONS = (
-    "classification",
-    "model_configuration",
-    "model_repository",
-    "model_repository(unload_dependents)",
-    "schedule_policy",
-    "sequence",
-    "statistics",
-    "trace",
-)
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("inferd")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
+from inferd.server.request_path import InferCall
+from inferd.server.services import FrontServices
 
 
 def _tensor_metadata(
@@ -65,25 +34,16 @@ def _tensor_metadata(
     ]
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(
-        self,
-        engine: EngineClient,
-        tracing: Tracing | None = None,
-        shared_memory: SystemSharedMemoryRegistry | None = None,
-        model_control: ModelControl | None = None,
-    ) -> None:
-        self._engine = engine
-        self._tracing = tracing  # None: tracing off, and no tracing work at all
-        # RepositoryModelLoad/Unload; without one they are refused (mode "none").
-        self._model_control = model_control or ModelControl(engine, None)
-        self._shm = shared_memory or SystemSharedMemoryRegistry(enabled=False)
-        self._server_version = _version()
-        self._serving = True
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+    """The call's deadline as time.monotonic(), None when the client set none."""
+    remaining = context.time_remaining()
+    return time.monotonic() + remaining if remaining is not None else None
 
-    def stop_serving(self) -> None:
-        """Shutdown has begun: report not ready so load balancers drain this server."""
-        self._serving = False
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, services: FrontServices) -> None:
+        self._services = services
+        self._requests = services.requests
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
@@ -93,38 +53,29 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerReady(
         self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self._serving and self._engine.is_ready())
+        return pb.ServerReadyResponse(ready=self._services.server_ready())
 
     @maps_engine_errors
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
-        version = parse_version(request.version)  # not a number: INVALID_ARGUMENT
-        # Triton answers OK with ready=false for unknown or unready models and versions.
-        try:
-            self._engine.model_info(request.name, version)
-        except EngineError:
-            return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=self._serving)
+        return pb.ModelReadyResponse(
+            ready=self._services.model_ready(request.name, request.version)
+        )
 
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
-        extensions: tuple[str, ...] = SUPPORTED_EXTENSIONS
-        if self._shm.enabled:
-            extensions += ("system_shared_memory",)
+        metadata = self._services.metadata()
         return pb.ServerMetadataResponse(
-            name=SERVER_NAME, version=self._server_version, extensions=extensions
+            name=metadata.name, version=metadata.version, extensions=metadata.extensions
         )
-
-    def _model(self, name: str, version: str) -> ModelInfo:
-        return self._engine.model_info(name, parse_version(version))
 
     @maps_engine_errors
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
-        info = self._model(request.name, request.version)
+        info = self._services.model(request.name, request.version)
         batched = info.max_batch_size > 0
         return pb.ModelMetadataResponse(
             name=info.name,
@@ -138,15 +89,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelConfigResponse:
-        info = self._model(request.name, request.version)
+        info = self._services.model(request.name, request.version)
         return pb.ModelConfigResponse(config=info.config)
 
     @maps_engine_errors
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStatisticsResponse:
-        version = parse_version(request.version)
-        return encode_model_statistics(await self._engine.statistics(request.name, version))
+        snapshots = await self._services.statistics(request.name, request.version)
+        return encode_model_statistics(snapshots)
 
     @maps_engine_errors
     async def RepositoryIndex(
@@ -160,7 +111,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     state=entry.state.value,
                     reason=entry.reason,
                 )
-                for entry in await self._engine.repository_index(request.ready)
+                for entry in await self._services.engine.repository_index(request.ready)
             ]
         )
 
@@ -168,48 +119,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        # Unknown model or version is reported before anything about the tensors, as Triton does.
-        self._model(request.model_name, request.model_version)
-        remaining = context.time_remaining()
-        deadline = time.monotonic() + remaining if remaining is not None else None
-        regions_named = shared_memory_regions(request)
-        if regions_named:
-            await self._shm.prepare(regions_named)
-        # System regions are read and written with file I/O; CUDA ones in the engine.
-        off_loop = bool(regions_named) and not regions_named.isdisjoint(self._shm.names())
-        if self._tracing is None:
-            with self._shm.request() as regions:
-                response = await self._engine.infer(
-                    await _run(off_loop, decode_infer_request, request, deadline, regions)
-                )
-                return await _run(off_loop, encode_infer_response, response, regions)
-        trace = self._tracing.start_request(
-            context.invocation_metadata(), request.model_name, request.model_version, request.id
+        call = InferCall(
+            request,
+            request.model_name,
+            request.model_version,
+            request.id,
+            shared_memory_regions(request),
+            deadline_of(context),
+            context.invocation_metadata,
         )
-        encode_start_ns: int | None = None
-        error: BaseException | None = None
-        try:
-            with self._shm.request() as regions:
-                engine_request = await _run(
-                    off_loop, decode_infer_request, request, deadline, regions
-                )
-                engine_request.trace = trace
-                response = await self._engine.infer(engine_request)
-                encode_start_ns = time.perf_counter_ns()
-                return await _run(off_loop, encode_infer_response, response, regions)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            if trace is not None:
-                trace.end(error, encode_start_ns)
+        return await self._requests.infer(call, UNARY)
 
     async def ModelStreamInfer(
         self,
         request_iterator: AsyncIterator[pb.ModelInferRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        call = StreamCall(self._engine, self._model, context, self._tracing, self._shm)
+        call = StreamCall(self._requests, context)
         async for response in call.responses(request_iterator):
             yield response
 
@@ -217,27 +143,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def TraceSetting(
         self, request: pb.TraceSettingRequest, context: grpc.aio.ServicerContext
     ) -> pb.TraceSettingResponse:
-        if request.model_name:
-            self._model(request.model_name, "")  # unknown model: NOT_FOUND
         changes = {key: list(value.value) for key, value in request.settings.items()}
-        if "trace_file" in changes:  # a path on the server: never settable over the network
-            raise EngineError(
-                ErrorCode.INVALID_ARGUMENT,
-                "trace_file cannot be set over the network: inferd exports spans with "
-                "OpenTelemetry (--trace-exporter, OTEL_EXPORTER_OTLP_ENDPOINT)",
-            )
-        if self._tracing is None:
-            if changes:
-                raise EngineError(
-                    ErrorCode.UNAVAILABLE,
-                    "tracing is off: start inferd with --trace-exporter otlp|console (or "
-                    "OTEL_TRACES_EXPORTER) to trace requests",
-                )
-            effective = {"trace_level": "OFF", "trace_mode": "opentelemetry"}
-        elif changes:
-            effective = self._tracing.settings.update(request.model_name, changes)
-        else:
-            effective = self._tracing.settings.effective(request.model_name)
+        effective = self._services.trace_settings(request.model_name, changes)
         response = pb.TraceSettingResponse()
         for key, value in effective.items():
             response.settings[key].value.append(value)
@@ -247,7 +154,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def SystemSharedMemoryRegister(
         self, request: pb.SystemSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext
     ) -> pb.SystemSharedMemoryRegisterResponse:
-        await self._shm.register_region(
+        await self._services.shared_memory.register_region(
             request.name, request.key, request.offset, request.byte_size
         )
         return pb.SystemSharedMemoryRegisterResponse()
@@ -257,7 +164,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.SystemSharedMemoryStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.SystemSharedMemoryStatusResponse:
         response = pb.SystemSharedMemoryStatusResponse()
-        for region in await self._shm.region_status(request.name):
+        for region in await self._services.shared_memory.region_status(request.name):
             status = response.regions[region.name]
             status.name, status.key = region.name, region.key
             status.offset, status.byte_size = region.offset, region.byte_size
@@ -267,7 +174,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def SystemSharedMemoryUnregister(
         self, request: pb.SystemSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext
     ) -> pb.SystemSharedMemoryUnregisterResponse:
-        await self._shm.unregister_region(request.name)
+        await self._services.shared_memory.unregister_region(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()
 
     @maps_engine_errors
@@ -275,7 +182,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.CudaSharedMemoryStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.CudaSharedMemoryStatusResponse:
         response = pb.CudaSharedMemoryStatusResponse()
-        for region in await self._engine.cuda_region_status(request.name):
+        for region in await self._services.engine.cuda_region_status(request.name):
             status = response.regions[region.name]
             status.name, status.device_id = region.name, region.device_id
             status.byte_size = region.byte_size
@@ -285,7 +192,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def CudaSharedMemoryRegister(
         self, request: pb.CudaSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext
     ) -> pb.CudaSharedMemoryRegisterResponse:
-        await self._engine.register_cuda_region(
+        await self._services.engine.register_cuda_region(
             request.name, request.raw_handle, request.device_id, request.byte_size
         )
         return pb.CudaSharedMemoryRegisterResponse()
@@ -294,29 +201,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def CudaSharedMemoryUnregister(
         self, request: pb.CudaSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext
     ) -> pb.CudaSharedMemoryUnregisterResponse:
-        await self._engine.unregister_cuda_region(request.name)
+        await self._services.engine.unregister_cuda_region(request.name)
         return pb.CudaSharedMemoryUnregisterResponse()
 
     @maps_engine_errors
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelLoadResponse:
-        await self._model_control.load(request)
+        await self._services.model_control.load(decode_load_request(request))
         return pb.RepositoryModelLoadResponse()
 
     @maps_engine_errors
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
-        await self._model_control.unload(request)
+        await self._services.model_control.unload(decode_unload_request(request))
         return pb.RepositoryModelUnloadResponse()
-
-
-async def _run(off_loop: bool, function: Callable[..., T], *args: object) -> T:
-    """``function(*args)`` on a worker thread when ``off_loop``, else right here."""
-    if off_loop:
-        return await asyncio.to_thread(function, *args)
-    return function(*args)
 
 
 def _unimplemented(rpc: str, where: str) -> object:

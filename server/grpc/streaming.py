@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TypeAlias
 
 import grpc
 
-from inferd.engines import EngineClient, EngineError, ErrorCode, ErrorResponse, InferResponse
-from inferd.engines.client_memory.system import RequestRegions, SystemSharedMemoryRegistry
+from inferd.engines import EngineError, ErrorCode, ErrorResponse, InferResponse
+from inferd.engines.client_memory.system import RequestRegions
 from inferd.protos import grpc_service_pb2 as pb
 from inferd.server.grpc.codec import (
     decode_infer_request,
@@ -32,9 +31,7 @@ from inferd.server.grpc.codec import (
     shared_memory_regions,
 )
 from inferd.server.grpc.status import STATUS_BY_ERROR_CODE
-
-if TYPE_CHECKING:
-    from inferd.server.tracing import Tracing
+from inferd.server.request_path import Codec, InferCall, RequestPath
 
 logger = logging.getLogger(__name__)
 
@@ -75,22 +72,16 @@ def _stream_response(
     return pb.ModelStreamInferResponse(infer_response=message)
 
 
+# ModelStreamInfer's wire format, for the request path: a stream carries no deadline.
+_STREAMED = Codec(decode_infer_request, _stream_response)
+
+
 class StreamCall:
     """The state of one ModelStreamInfer call."""
 
-    def __init__(
-        self,
-        engine: EngineClient,
-        check_model: Callable[[str, str], object],
-        context: grpc.aio.ServicerContext,
-        tracing: Tracing | None,
-        shared_memory: SystemSharedMemoryRegistry | None = None,
-    ) -> None:
-        self._engine = engine
-        self._shm = shared_memory or SystemSharedMemoryRegistry(enabled=False)
-        self._check_model = check_model
+    def __init__(self, requests: RequestPath, context: grpc.aio.ServicerContext) -> None:
+        self._requests = requests
         self._context = context
-        self._tracing = tracing
         metadata = {key: value for key, value in context.invocation_metadata() or ()}
         self._grpc_errors = str(metadata.get(GRPC_ERROR_HEADER, "")).lower() == "true"
         self._outgoing: asyncio.Queue[_Outgoing] = asyncio.Queue(MAX_RESPONSES_WAITING)
@@ -151,52 +142,21 @@ class StreamCall:
     async def _answer(
         self, request: pb.ModelInferRequest
     ) -> AsyncGenerator[pb.ModelStreamInferResponse | _Abort]:
-        # Unknown model or version before anything about the tensors, as in ModelInfer.
-        self._check_model(request.model_name, request.model_version)
-        # Each response of a decoupled model writes its outputs into the same regions.
-        with self._shm.request() as regions:
-            async with aclosing(self._answer_with(request, regions)) as answers:
-                async for message in answers:
-                    yield message
-
-    async def _answer_with(
-        self, request: pb.ModelInferRequest, regions: RequestRegions
-    ) -> AsyncGenerator[pb.ModelStreamInferResponse | _Abort]:
-        regions_named = shared_memory_regions(request)
-        if regions_named:
-            await self._shm.prepare(regions_named)
-        # System regions are read and written with file I/O; CUDA ones in the engine.
-        off_loop = bool(regions_named) and not regions_named.isdisjoint(self._shm.names())
-        if off_loop:
-            engine_request = await asyncio.to_thread(decode_infer_request, request, None, regions)
-        else:
-            engine_request = decode_infer_request(request, None, regions)
-        empty_final = engine_request.options.empty_final_response
-        trace = None
-        if self._tracing is not None:
-            trace = self._tracing.start_request(
-                self._context.invocation_metadata(),
-                request.model_name,
-                request.model_version,
-                request.id,
-            )
-            engine_request.trace = trace
-        error: BaseException | None = None
-        try:
-            async for item in self._engine.infer_stream(engine_request):
-                if isinstance(item, ErrorResponse):
-                    if self._grpc_errors:
-                        yield _Abort(STATUS_BY_ERROR_CODE[item.error.code], item.error.message)
-                        return
+        call = InferCall(
+            request,
+            request.model_name,
+            request.model_version,
+            request.id,
+            shared_memory_regions(request),
+            None,
+            self._context.invocation_metadata,
+        )
+        async with aclosing(self._requests.stream(call, _STREAMED)) as items:
+            async for item in items:
+                if not isinstance(item, ErrorResponse):
+                    yield item
+                elif self._grpc_errors:
+                    yield _Abort(STATUS_BY_ERROR_CODE[item.error.code], item.error.message)
+                    return
+                else:
                     yield _error_response(request, item.error.message, item.final)
-                elif item.outputs or not item.final or empty_final:
-                    if off_loop:
-                        yield await asyncio.to_thread(_stream_response, item, regions)
-                    else:
-                        yield _stream_response(item, regions)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            if trace is not None:
-                trace.end(error, time.perf_counter_ns())

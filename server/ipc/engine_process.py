@@ -15,7 +15,7 @@ import asyncio
 import dataclasses
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -24,39 +24,29 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from inferd.engines import (
-    BatchObserver,
     EngineError,
     ErrorCode,
     ErrorResponse,
     InferRequest,
     InferResponse,
-    InProcessEngineClient,
     InputTensor,
     OutputTensor,
     RequestedOutput,
 )
-from inferd.engines.client_memory.cuda import CudaSharedMemory
-from inferd.engines.client_memory.system import SystemSharedMemoryRegistry
 from inferd.engines.types import SharedMemoryRef
 from inferd.protos import model_config_pb2
-from inferd.server.app import (
-    apply_switch_interval,
-    cuda_shared_memory_of,
-    share_region_names,
-    tracing_from_config,
-)
 from inferd.server.config import ServerConfig
+from inferd.server.engine_host import EngineHost
 from inferd.server.ipc import messages as m
 from inferd.server.ipc import tensors
 from inferd.server.ipc.channel import Channel
 from inferd.server.ipc.events import EngineReady, send_event
-from inferd.server.ipc.process import prepare_child, run_loop
+from inferd.server.ipc.process import prepare_child
 from inferd.server.ipc.ring import RingAllocator, Segment, segment_name
-from inferd.server.metrics import MetricsServer
-from inferd.server.model_control import ModelControl, ModelControlMode, startup_models
+from inferd.server.lifecycle import run_loop
 
 if TYPE_CHECKING:
-    from inferd.server.tracing import Tracing
+    pass
 
 logger = logging.getLogger("inferd.engine_process")
 
@@ -75,44 +65,10 @@ class EngineRuntime:
 
 
 def engine_main(config: ServerConfig, runtime: EngineRuntime, events: Connection) -> None:
-    """The spawned engine process's entry point; tells the supervisor "ready" on
+    """The spawned engine process's entry point; tells the supervisor EngineReady on
     ``events`` once front processes can connect."""
     prepare_child("engine", config.log_level, runtime.owner_pid)
     run_loop(EngineProcess(config, runtime, events).serve(), config.use_uvloop)
-
-
-class _PublishingClient(InProcessEngineClient):
-    """Tells every front process when the models change, whoever changed them (a front's
-    load or unload, or the poll loop), before that change's caller hears back."""
-
-    def __init__(
-        self,
-        repository: Path,
-        observer: BatchObserver | None,
-        startup_models: tuple[str, ...] | None,
-        cuda_shared_memory: CudaSharedMemory,
-        publish: Callable[[], Awaitable[None]],
-    ) -> None:
-        super().__init__(repository, observer, startup_models, cuda_shared_memory)
-        self._publish = publish
-
-    async def load_model(
-        self,
-        name: str,
-        directory: Path,
-        config: model_config_pb2.ModelConfig | None = None,
-        cleanup: Path | None = None,
-    ) -> None:
-        try:
-            await super().load_model(name, directory, config, cleanup)
-        finally:
-            await self._publish()
-
-    async def unload_model(self, name: str) -> None:
-        try:
-            await super().unload_model(name)
-        finally:
-            await self._publish()
 
 
 class EngineProcess:
@@ -120,80 +76,48 @@ class EngineProcess:
         self.config = config
         self.runtime = runtime
         self._events = events
-        self.tracing: Tracing | None = None
         self.fronts: set[FrontConnection] = set()
         self._stop = asyncio.Event()
-        self.client: _PublishingClient | None = None
+        # The engine side, as in one process. Its system shared-memory registry is the
+        # one every front mirrors: the engine never reads a region, it checks each
+        # registration once, as the fronts will. Every model change is published to
+        # the fronts before its caller (a front's load, or the poll loop) hears back.
+        self.host = EngineHost(config, on_models_changed=self.publish_catalog)
         self._published = 0  # Catalog and Regions messages sent, in order
-        # Client system shared memory: the one registry all fronts mirror. The engine
-        # never reads a region; it checks each registration once, as the fronts will.
-        self.regions = SystemSharedMemoryRegistry(
-            enabled=config.allow_client_shm, max_request_bytes=config.max_message_bytes
-        )
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, self._stop.set)
-        config = self.config
-        self.tracing = tracing_from_config(config)
-        mode = ModelControlMode(config.model_control_mode)
-        repository = config.model_repository
-        assert repository is not None  # the supervisor resolved it
-        self.client = _PublishingClient(
-            repository,
-            self.tracing,
-            startup_models(mode, config.load_models),
-            cuda_shared_memory_of(config),
-            self.publish_catalog,
-        )
-        share_region_names(self.regions, self.client.engine.cuda_shared_memory)
-        control = ModelControl(self.client, repository, mode, config.repository_poll_secs)
-        await control.start()
-        await self.client.start()
-        control.start_polling()
-        metrics = None
-        if config.metrics_port is not None:
-            engine = self.client.engine
-            metrics = MetricsServer(
-                lambda: engine.statistics("", None), config.host, config.metrics_port
+            loop.add_signal_handler(signum, self._stop.set)  # the supervisor escalates
+        async with self.host:  # loads the models
+            self.runtime.socket_path.unlink(missing_ok=True)  # a crashed predecessor's
+            server = await loop.create_unix_server(
+                lambda: FrontConnection(self).channel, path=str(self.runtime.socket_path)
             )
-            port = metrics.start()
-            logger.info("metrics on http://%s:%d/metrics", config.host, port)
-        await apply_switch_interval(config, self.client)
-        self.runtime.socket_path.unlink(missing_ok=True)  # a crashed predecessor's
-        server = await loop.create_unix_server(
-            lambda: FrontConnection(self).channel, path=str(self.runtime.socket_path)
-        )
-        logger.info("engine serving front processes on %s", self.runtime.socket_path)
-        send_event(self._events, EngineReady())
-        try:
-            await self._stop.wait()
-        finally:
-            logger.info("engine stopping")
-            server.close()
-            for front in list(self.fronts):
-                front.channel.close()
-            await control.stop()
-            if metrics is not None:
-                metrics.stop()
-            await self.client.close()
-            self.regions.close()
-            if self.tracing is not None:
-                await asyncio.to_thread(self.tracing.shutdown)
-            self.runtime.socket_path.unlink(missing_ok=True)
-            logger.info("engine stopped")
+            logger.info("engine serving front processes on %s", self.runtime.socket_path)
+            send_event(self._events, EngineReady())
+            try:
+                await self._stop.wait()
+            finally:
+                logger.info("engine stopping")
+                server.close()
+                for front in list(self.fronts):
+                    front.channel.close()
+        self.runtime.socket_path.unlink(missing_ok=True)
+        logger.info("engine stopped")
 
     async def publish_regions(self) -> None:
-        await self._publish(lambda seq: m.Regions(seq, self.regions.status(""), self.cuda_names()))
+        regions = self.host.shared_memory.status("")
+        await self._publish(lambda seq: m.Regions(seq, regions, self.cuda_names()))
 
     def cuda_names(self) -> list[str]:
-        assert self.client is not None
-        return sorted(self.client.engine.cuda_shared_memory.names())
+        return sorted(self.host.cuda_shared_memory.names())
+
+    def catalog(self) -> list[m.WireCatalogEntry]:
+        return m.to_wire_catalog(self.host.engine.engine.catalog())
 
     async def publish_catalog(self) -> None:
-        assert self.client is not None
-        catalog = m.to_wire_catalog(self.client.engine.catalog())
+        catalog = self.catalog()
         await self._publish(lambda seq: m.Catalog(seq, catalog))
 
     async def _publish(self, make: Callable[[int], m.Catalog | m.Regions]) -> None:
@@ -216,8 +140,7 @@ class FrontConnection:
 
     def __init__(self, process: EngineProcess) -> None:
         self._process = process
-        assert process.client is not None
-        self._client = process.client
+        self._client = process.host.engine
         self.channel: Channel[m.FrontMessage] = Channel(
             m.FrontMessage, self._on_message, self._on_closed
         )
@@ -285,14 +208,13 @@ class FrontConnection:
             self.channel.close()
             return
         self._responses = RingAllocator(self._response_ring.size)
-        assert self._process.client is not None
         self.channel.send(
             m.Welcome(
                 self._request_ring.name,
                 self._response_ring.name,
                 self._request_ring.size,
-                m.to_wire_catalog(self._process.client.engine.catalog()),
-                self._process.regions.status(""),
+                self._process.catalog(),
+                self._process.host.shared_memory.status(""),
                 self._process.cuda_names(),
             )
         )
@@ -340,7 +262,7 @@ class FrontConnection:
 
     def _request(self, message: m.Infer) -> InferRequest:
         trace = None
-        tracing = self._process.tracing
+        tracing = self._process.host.tracing
         if message.trace is not None and tracing is not None:
             ref = message.trace
             trace = tracing.remote_request(ref.trace_id, ref.span_id, ref.sampled, ref.started_ns)
@@ -451,14 +373,14 @@ class FrontConnection:
             elif isinstance(call, m.UnloadCall):
                 await client.unload_model(call.name)
             elif isinstance(call, m.RegisterRegionCall):
-                regions = self._process.regions
+                regions = self._process.host.shared_memory
                 await regions.register_region(call.name, call.key, call.offset, call.byte_size)
                 await self._process.publish_regions()  # before the caller hears back
             elif isinstance(call, m.UnregisterRegionCall):
-                await self._process.regions.unregister_region(call.name)
+                await self._process.host.shared_memory.unregister_region(call.name)
                 await self._process.publish_regions()
             elif isinstance(call, m.RegionStatusCall):
-                reply.regions = await self._process.regions.region_status(call.name)
+                reply.regions = await self._process.host.shared_memory.region_status(call.name)
             elif isinstance(call, m.RegisterCudaRegionCall):
                 await client.register_cuda_region(
                     call.name, call.raw_handle, call.device_id, call.byte_size

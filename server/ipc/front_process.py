@@ -1,20 +1,28 @@
-"""A front process: the gRPC servicers over a RemoteEngineClient, sharing the port with
+"""A front process: the gRPC front door over a RemoteEngineClient, sharing the port with
 the other front processes (SO_REUSEPORT)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
 import sys
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from inferd.server.app import InferenceServer
 from inferd.server.config import ServerConfig
+from inferd.server.engine_host import tracing_from_config
+from inferd.server.grpc.front import GrpcFront
 from inferd.server.ipc.events import FrontReady, send_event
-from inferd.server.ipc.process import prepare_child, run_loop
+from inferd.server.ipc.process import prepare_child
 from inferd.server.ipc.remote_client import RemoteEngineClient
 from inferd.server.ipc.shared_memory_mirror import MirroredSharedMemoryRegistry
+from inferd.server.lifecycle import ShutdownSignals, run_loop
+from inferd.server.model_control import ModelControl, ModelControlMode
+from inferd.server.services import FrontServices
+
+logger = logging.getLogger("inferd.server")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,25 +47,47 @@ def front_config(config: ServerConfig, port: int) -> ServerConfig:
         if config.model_control_mode == "poll"
         else config.model_control_mode,
         load_models=(),
-        # No model threads here: a GPU engine's short switch interval would only cost.
-        gil_switch_interval_s=config.gil_switch_interval_s or sys.getswitchinterval(),
     )
 
 
 def front_main(config: ServerConfig, runtime: FrontRuntime, events: Connection) -> None:
-    """The spawned front process's entry point; tells the supervisor ("ready", serving,
-    failed) on ``events`` once it serves."""
+    """The spawned front process's entry point; tells the supervisor FrontReady on
+    ``events`` once it serves."""
     prepare_child(f"front-{runtime.front_id}", config.log_level, runtime.owner_pid)
+    run_loop(_serve(front_config(config, runtime.port), runtime, events), config.use_uvloop)
+
+
+async def _serve(config: ServerConfig, runtime: FrontRuntime, events: Connection) -> None:
+    # No model threads here: only a switch interval the user asked for applies (a GPU
+    # engine's short automatic one would only cost).
+    if config.gil_switch_interval_s is not None:
+        sys.setswitchinterval(config.gil_switch_interval_s)
     engine = RemoteEngineClient(runtime.socket_path, runtime.front_id, runtime.epoch)
     shared_memory = MirroredSharedMemoryRegistry(
         engine, config.allow_client_shm, config.max_message_bytes
     )
-    server = InferenceServer(
-        front_config(config, runtime.port), engine=engine, shared_memory=shared_memory
+    tracing = tracing_from_config(config)
+    control = ModelControl(
+        engine,
+        config.model_repository,
+        ModelControlMode(config.model_control_mode),
+        config.repository_poll_secs,
     )
-    engine.on_readiness = server.engine_readiness
-
-    async def started(server: InferenceServer) -> None:
-        send_event(events, FrontReady(*await server.model_counts()))
-
-    run_loop(server.serve(started), config.use_uvloop)
+    services = FrontServices(engine, shared_memory, tracing, control)
+    front = GrpcFront(config, services)
+    engine.on_readiness = front.engine_readiness
+    signals = ShutdownSignals(config.grace_period_s)
+    signals.install()
+    try:
+        await front.start()
+        await engine.start()
+        await front.set_engine_ready(engine.is_ready())
+        send_event(events, FrontReady(*await services.model_counts()))
+        await signals.wait()
+    finally:
+        await front.drain()
+        shared_memory.close()  # after the drain: no request reads a region now
+        await engine.close()
+        if tracing is not None:
+            await asyncio.to_thread(tracing.shutdown)  # exports what is buffered
+        logger.info("stopped")

@@ -1,15 +1,12 @@
-"""What every child process of the supervisor does first, and how it runs its loop."""
+"""What every child process of the supervisor does first."""
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import logging
 import os
 import signal
 import sys
-from collections.abc import Coroutine
-from typing import Any
 
 from inferd.server.allocator import tune_malloc
 
@@ -30,15 +27,3 @@ def prepare_child(role: str, log_level: str, parent_pid: int) -> None:
         level=log_level.upper(),
         format=f"%(asctime)s %(levelname)s {role}[%(process)d] %(name)s: %(message)s",
     )
-
-
-def run_loop(main: Coroutine[Any, Any, None], use_uvloop: bool) -> None:
-    if use_uvloop:
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            uvloop.run(main)
-            return
-    asyncio.run(main)

@@ -29,8 +29,8 @@ from typing import Any
 
 import msgspec
 
-from inferd.server.app import resolve_repository, tracing_from_config
 from inferd.server.config import ServerConfig
+from inferd.server.engine_host import check_switch_interval, resolve_repository, tracing_from_config
 from inferd.server.ipc.engine_process import EngineRuntime, engine_main
 from inferd.server.ipc.events import FrontReady, receive_event
 from inferd.server.ipc.front_process import FrontRuntime, front_main
@@ -67,10 +67,7 @@ def check_config(config: ServerConfig) -> ServerConfig:
             "--unix-socket serves from one process: a Unix socket cannot be shared between "
             "front processes (use --frontends 1)"
         )
-    if config.gil_switch_interval_s is not None and config.gil_switch_interval_s <= 0:
-        raise ValueError(
-            f"the GIL switch interval must be > 0 seconds, got {config.gil_switch_interval_s}"
-        )
+    check_switch_interval(config)
     _check_shm_room(config.frontends * 2 * config.ring_bytes)
     startup_models(ModelControlMode(config.model_control_mode), config.load_models)
     tracing = tracing_from_config(config)  # a missing extra fails here, not in a restart loop

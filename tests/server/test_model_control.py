@@ -25,7 +25,7 @@ from inferd.engines import EngineError
 from inferd.protos import grpc_service_pb2 as pb
 from inferd.protos import model_config_pb2
 from inferd.server import model_control
-from inferd.server.model_control import parse_load_request
+from inferd.server.grpc.repository import decode_load_request
 from tests.support.model_builders import build_test_repository
 from tests.support.server_process import ServerProcess
 
@@ -474,7 +474,7 @@ def test_upload_bytes_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     request.parameters["file:1/a"].bytes_param = b"123456"
     request.parameters["file:1/b"].bytes_param = b"123456"
     with pytest.raises(EngineError) as raised:
-        parse_load_request(request)
+        decode_load_request(request)
     assert raised.value.message == "file parameters hold 12 bytes, at most 10 per load"
 
 

@@ -36,7 +36,7 @@ from opentelemetry.trace import SpanKind
 from tritonclient.utils import InferenceServerException
 
 from inferd.clients import AsyncClient, Client
-from inferd.engines import EngineClient, InferRequest, InferResponse, InProcessEngineClient
+from inferd.engines import InferRequest, InferResponse, InProcessEngineClient
 from inferd.protos import grpc_service_pb2 as pb
 from inferd.protos import grpc_service_pb2_grpc as pb_grpc
 from inferd.server.app import InferenceServer
@@ -181,17 +181,12 @@ class Answer:
 class InProcessServer:
     """An InferenceServer on its own event loop in a thread."""
 
-    def __init__(
-        self,
-        repository: Path,
-        tracing: Tracing | None,
-        engine: EngineClient | None = None,
-    ) -> None:
+    def __init__(self, repository: Path, tracing: Tracing | None) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         config = ServerConfig(model_repository=repository, grpc_port=0, metrics_port=None)
-        self.server = InferenceServer(config, engine=engine, tracing=tracing)
+        self.server = InferenceServer(config, tracing=tracing)
         self._call(self.server.start())
         self.address = self.server.addresses[0]
         self.client = grpcclient.InferenceServerClient(self.address)
@@ -651,31 +646,23 @@ def test_refused_trace_setting_changes_nothing_beside_it(
 # --- tracing off (the default) ----------------------------------------------------------
 
 
-class _RecordingEngine:
-    """An EngineClient that remembers the requests it was given."""
-
-    def __init__(self, inner: InProcessEngineClient) -> None:
-        self._inner = inner
-        self.requests: list[InferRequest] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    async def infer(self, request: InferRequest) -> InferResponse:
-        self.requests.append(request)
-        return await self._inner.infer(request)
-
-
 def test_tracing_off_answers_trace_setting_off_and_hands_the_engine_no_trace(
-    repository: Path,
+    repository: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine = _RecordingEngine(InProcessEngineClient(repository))
-    server = InProcessServer(repository, tracing=None, engine=engine)  # type: ignore[arg-type]
+    given: list[InferRequest] = []  # what the engine was handed (the server runs here)
+    infer = InProcessEngineClient.infer
+
+    async def recording(self: InProcessEngineClient, request: InferRequest) -> InferResponse:
+        given.append(request)
+        return await infer(self, request)
+
+    monkeypatch.setattr(InProcessEngineClient, "infer", recording)
+    server = InProcessServer(repository, tracing=None)
     try:
         server.client.infer(
             "quick", _inputs(1), request_id="req-off", headers={"traceparent": SAMPLED}
         )
-        assert [request.trace for request in engine.requests] == [None]
+        assert [request.trace for request in given] == [None]
         for model in ("", "quick"):
             settings = _settings(server.client.get_trace_settings(model_name=model))
             assert settings["trace_level"] == ["OFF"], model
