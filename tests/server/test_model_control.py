@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from inferd.server import model_control
 from inferd.server.grpc.repository import decode_load_request
 from tests.support.model_builders import build_test_repository
 from tests.support.server_process import ServerProcess
+from tests.support.waiting import wait_until
 
 WAIT_S = 30.0  # bound on every wait for the server to get somewhere
 NOT_ALLOWED = "explicit model load / unload is not allowed if polling is enabled"
@@ -98,14 +98,6 @@ def _infer_simple(client: tritongrpc.InferenceServerClient, name: str = "simple"
     output = result.as_numpy("OUTPUT0")
     assert output is not None
     return output
-
-
-def _wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _error(call: Callable[[], object]) -> InferenceServerException:
@@ -276,7 +268,7 @@ def test_request_in_flight_finishes_during_reload(
         assert tag(client, 0.0) == 1
         holding = threading.Thread(target=in_flight)
         holding.start()
-        _wait_for(marker.exists, "the held request to start running")
+        wait_until(marker.exists, "the held request to start running")
         client.load_model("holder", config=json.dumps(_holder_config(2, marker)))
         assert tag(client, 0.0) == 2  # new requests: the new version
         holding.join(WAIT_S)
@@ -296,20 +288,20 @@ def test_poll_mode_follows_the_repository(
         shutil.copytree(
             repository / "versioned_latest" / "3", repository / "versioned_latest" / "4"
         )
-        _wait_for(lambda: client.is_model_ready("versioned_latest", "4"), "version 4")
-        _wait_for(
+        wait_until(lambda: client.is_model_ready("versioned_latest", "4"), "version 4")
+        wait_until(
             lambda: _index(client)[("versioned_latest", "3")] == ("UNAVAILABLE", "unloaded"),
             "version 3 unloaded",
         )
         # A removed model goes away; a new one comes.
         shutil.rmtree(repository / "unbatched")
-        _wait_for(lambda: not client.is_model_ready("unbatched"), "unbatched unloaded")
-        _wait_for(
+        wait_until(lambda: not client.is_model_ready("unbatched"), "unbatched unloaded")
+        wait_until(
             lambda: "unbatched" not in {name for name, _ in _index(client)}, "unbatched unlisted"
         )
         shutil.copytree(repository / "autocomplete", tmp_path / "staging" / "added")
         (tmp_path / "staging" / "added").rename(repository / "added")
-        _wait_for(lambda: client.is_model_ready("added"), "the new model")
+        wait_until(lambda: client.is_model_ready("added"), "the new model")
 
         error = _error(lambda: client.load_model("autocomplete"))
         assert (error.status(), error.message()) == ("StatusCode.UNAVAILABLE", NOT_ALLOWED)
@@ -540,7 +532,7 @@ def test_requests_never_fail_across_reloads(
     config = _simple_config(demo_copy)
     try:
         with _client(server) as client:
-            _wait_for(lambda: len(answered) > 0, "the first answers")
+            wait_until(lambda: len(answered) > 0, "the first answers")
             for max_batch_size in (4, 8, 2, 8):
                 config.max_batch_size = max_batch_size
                 client.load_model("simple", config=json_format.MessageToJson(config))

@@ -19,7 +19,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,9 +44,9 @@ from inferd.server.tracing import Tracing, TracingConfig, tracing_config
 from tests.support.model_builders import BATCHING_WIDTH, _affine_config, _affine_graph, _write
 from tests.support.otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver, ReceivedSpan
 from tests.support.server_process import ServerProcess
+from tests.support.waiting import wait_until
 
 WAIT_S = 60.0  # bound on every wait; a healthy server needs a small fraction of it
-POLL_S = 0.02
 PHASES = ("decode", "queue", "gather", "compute", "scatter", "encode")  # in time order
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -221,11 +220,9 @@ class TracedServer(InProcessServer):
         return list(self.exporter.get_finished_spans())
 
     def wait_for(self, predicate: Callable[[Sequence[ReadableSpan]], bool]) -> list[ReadableSpan]:
-        """The spans once ``predicate`` holds (bounded); the assertion names what is missing."""
-        deadline = time.monotonic() + WAIT_S
-        while not predicate(spans := self.spans()) and time.monotonic() < deadline:
-            time.sleep(POLL_S)
-        return spans
+        """The spans once ``predicate`` holds (bounded)."""
+        wait_until(lambda: predicate(self.spans()), "the spans the test expects", timeout_s=WAIT_S)
+        return self.spans()
 
     def traced_marker(self, model: str, request_id: str) -> list[ReadableSpan]:
         """Send a request that is traced whatever the settings (a sampled client span) and

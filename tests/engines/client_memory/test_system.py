@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from inferd.engines import EngineError, ErrorCode
 from inferd.engines.client_memory.system import SystemSharedMemoryRegistry
 from tests.support.model_builders import DATATYPES
 from tests.support.server_process import ServerProcess, serve
+from tests.support.waiting import wait_until
 
 TIMEOUT_S = 30.0
 INT32_BYTES = 16 * 4  # one row of `simple`'s INT32 [16] tensors
@@ -583,18 +583,17 @@ def test_unregister_closes_the_servers_descriptor(
     # One process holds it, or the engine process and each front's mirror (the front that
     # did not answer the RPC mirrors the change a moment later).
     holders = 1 if "--frontends 1" in " ".join(shm_server.process.args) else 3
-    assert _wait_for(lambda: _descriptors_on(shm_server, key) == holders)
+    wait_until(
+        lambda: _descriptors_on(shm_server, key) == holders,
+        f"{holders} descriptors of the region open",
+        server=shm_server,
+    )
     client.unregister_system_shared_memory("r")
-    assert _wait_for(lambda: _descriptors_on(shm_server, key) == 0)
-
-
-def _wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
+    wait_until(
+        lambda: _descriptors_on(shm_server, key) == 0,
+        "every descriptor of the region closed",
+        server=shm_server,
+    )
 
 
 def _readlink(path: Path) -> str:

@@ -35,9 +35,9 @@ from tritonclient.utils import InferenceServerException
 
 from tests.support.model_builders import BATCHING_MODELS, BATCHING_WIDTH, build_batching_repository
 from tests.support.server_process import ServerProcess
+from tests.support.waiting import wait_until
 
 WAIT_S = 60.0  # bound on every wait; a healthy server needs a small fraction of it
-POLL_S = 0.02
 HELD = -1.0  # the marker of a request the probe holds at its gate
 
 # Imported by the server at start-up as `sitecustomize`: wraps every ONNX Runtime
@@ -177,13 +177,7 @@ class Batching:
         return stats
 
     def wait_until(self, what: str, condition: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + WAIT_S
-        while not condition():
-            if self.server.process.poll() is not None:
-                pytest.fail(f"inferd exited while waiting for {what}:\n{self.server.log_text()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"no {what} within {WAIT_S}s:\n{self.server.log_text()}")
-            time.sleep(POLL_S)
+        wait_until(condition, what, server=self.server, timeout_s=WAIT_S)
 
     def wait_runs(self, model: str, count: int) -> None:
         self.wait_until(f"{count} executions of {model}", lambda: len(self.runs(model)) >= count)

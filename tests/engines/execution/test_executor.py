@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Awaitable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -25,6 +25,7 @@ from inferd.engines.execution.executor import BatchingExecutor, Outputs
 from inferd.engines.execution.packing import signature
 from inferd.engines.scheduling.dynamic import BatchingPolicy, PendingRequest, QueuePolicy
 from inferd.engines.statistics import FailureReason, ModelStatistics
+from tests.support.fake_clock import FakeClock
 
 WAIT_S = 30.0  # bound on every wait; a healthy executor needs a tiny fraction of it
 LABEL = "recorded:1"
@@ -96,13 +97,14 @@ class RecordingInstance(BackendInstance):
 def _executor(
     instances: Sequence[RecordingInstance],
     capacity: int = 64,
+    clock: Callable[[], float] = time.monotonic,
     **policy: Any,
 ) -> Iterator[tuple[BatchingExecutor, ModelStatistics]]:
     policy.setdefault("max_batch_size", 8)
     policy.setdefault("dynamic", True)
     batching = BatchingPolicy(**policy)
     statistics = ModelStatistics("recorded", 1, batching.max_batch_size)
-    executor = BatchingExecutor(LABEL, instances, batching, capacity, statistics)
+    executor = BatchingExecutor(LABEL, instances, batching, capacity, statistics, clock)
     try:
         yield executor, statistics
     finally:
@@ -393,15 +395,18 @@ def test_a_request_whose_deadline_passed_is_answered_without_running() -> None:
 def test_a_queue_timeout_rejects_without_running() -> None:
     instance = RecordingInstance(gated=True)
     policy = QueuePolicy(default_timeout_s=60.0, allow_timeout_override=True)
+    clock = FakeClock()
 
     async def main() -> asyncio.Task[Outputs]:
-        with _executor([instance], default_queue_policy=policy) as (executor, statistics):
+        with _executor([instance], clock=clock, default_queue_policy=policy) as (
+            executor,
+            statistics,
+        ):
             blocker = asyncio.ensure_future(_infer(executor, _inputs(9.0)))
             await _entered(instance, 1)
             (expiring,) = await _start(statistics, _infer(executor, _inputs(1.0), timeout_s=0.01))
-            # Not a race: once this much time has passed the request's timeout is due,
-            # whenever the instance looks at the queue.
-            await asyncio.sleep(0.05)
+            # The request's timeout is due from now on, whoever looks at the queue first.
+            clock.advance(1.0)
             instance.gate.set()
             await _within(blocker)
             await _within(asyncio.wait([expiring]))
@@ -417,12 +422,17 @@ def test_a_queue_timeout_rejects_without_running() -> None:
 def test_a_queue_timeout_is_answered_while_every_instance_is_busy() -> None:
     instance = RecordingInstance(gated=True)
     policy = QueuePolicy(default_timeout_s=60.0, allow_timeout_override=True)
+    clock = FakeClock()
 
     async def main() -> None:
-        with _executor([instance], default_queue_policy=policy) as (executor, statistics):
+        with _executor([instance], clock=clock, default_queue_policy=policy) as (
+            executor,
+            statistics,
+        ):
             blocker = asyncio.ensure_future(_infer(executor, _inputs(9.0)))
             await _entered(instance, 1)
             (expiring,) = await _start(statistics, _infer(executor, _inputs(1.0), timeout_s=0.01))
+            clock.advance(1.0)  # due now: the timer thread sees it when it next looks
             # The only instance stays blocked: the answer must come from the timer.
             await _within(asyncio.wait([expiring]))
             error = _engine_error(expiring)

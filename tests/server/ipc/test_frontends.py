@@ -18,7 +18,6 @@ import os
 import queue
 import re
 import signal
-import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,6 +32,7 @@ from inferd.protos import grpc_service_pb2 as pb
 from inferd.protos import grpc_service_pb2_grpc as pb_grpc
 from tests.support.model_builders import build_test_repository
 from tests.support.server_process import ServerProcess, probe_env, serve
+from tests.support.waiting import wait_for_log, wait_until
 
 RPC_TIMEOUT_S = 60.0
 WAIT_S = 60.0
@@ -222,21 +222,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _wait_for(condition: Callable[[], bool], what: str, server: ServerProcess) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {WAIT_S}s: {what}\n{server.log_text()}")
-        time.sleep(0.02)
-
-
-def _wait_for_log(server: ServerProcess, text: str) -> None:
-    _wait_for(lambda: text in server.log_text(), f"log {text!r}", server)
-
-
 def _wait_started(server: ServerProcess, *request_ids: str) -> None:
     for request_id in request_ids:
-        _wait_for_log(server, f"probe: ModelInfer {request_id} started")
+        wait_for_log(server, f"probe: ModelInfer {request_id} started", timeout_s=WAIT_S)
 
 
 def _served_by(server: ServerProcess, prefix: str) -> set[str]:
@@ -606,12 +594,14 @@ def test_a_killed_front_process_is_restarted(launch: Launch, repository: Path) -
             assert code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED), details
     assert any(code != grpc.StatusCode.OK for code, _ in outcomes)  # its requests died with it
     index = victim.split("-")[1]
-    _wait_for_log(server, f"front {index} exited")
-    _wait_for_log(server, f"front {index} serving again (epoch 2)")
+    wait_for_log(server, f"front {index} exited", timeout_s=WAIT_S)
+    wait_for_log(server, f"front {index} serving again (epoch 2)", timeout_s=WAIT_S)
     _works(server, "after-front-kill", 16)
     assert len(_pids(server)[victim]) == 2  # a new process took its place
     owner = server.process.pid
-    _wait_for(lambda: not _segments(owner, f"e1-f{index}-1-"), "old epoch's segments gone", server)
+    wait_until(
+        lambda: not _segments(owner, f"e1-f{index}-1-"), "old epoch's segments gone", server=server
+    )
     assert _segments(owner, f"e1-f{index}-2-"), _segments(owner)
     assert server.stop() == 0, server.log_text()
     assert not _segments(owner)
@@ -637,9 +627,19 @@ def test_a_killed_engine_is_restarted(launch: Launch, repository: Path) -> None:
         os.kill(engine_pid, signal.SIGKILL)
         outcomes = [future.result(timeout=WAIT_S) for future in futures]
         assert [code for code, _ in outcomes] == [grpc.StatusCode.UNAVAILABLE] * CONNECTIONS
-        _wait_for(lambda: not _server_ready(connections.stubs[0]), "not ready", server)
-        _wait_for(lambda: all(_server_ready(s) for s in connections.stubs), "ready", server)
-    _wait_for_log(server, "engine process serving again (generation 2)")
+        wait_until(
+            lambda: not _server_ready(connections.stubs[0]),
+            "not ready",
+            server=server,
+            timeout_s=WAIT_S,
+        )
+        wait_until(
+            lambda: all(_server_ready(s) for s in connections.stubs),
+            "ready",
+            server=server,
+            timeout_s=WAIT_S,
+        )
+    wait_for_log(server, "engine process serving again (generation 2)", timeout_s=WAIT_S)
     _works(server, "after-engine-kill", 16)
     assert not _segments(owner, "e1-")
     assert _segments(owner, "e2-")
@@ -662,7 +662,12 @@ def test_a_stream_outlives_an_engine_restart(launch: Launch, demo_repository: Pa
         error = next(message for message in stream if message.error_message)
         assert error.infer_response.id == "long"
         assert "engine process exited" in error.error_message
-        _wait_for(lambda: all(_server_ready(s) for s in others.stubs), "ready", server)
+        wait_until(
+            lambda: all(_server_ready(s) for s in others.stubs),
+            "ready",
+            server=server,
+            timeout_s=WAIT_S,
+        )
         outgoing.put(_repeat_request("after", [7, 8, 9], 0))
         answers = []
         for message in stream:
