@@ -18,13 +18,12 @@ from inferd.bench.runner import SweepSettings, expand_range, run_sweep
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="inferd bench",
-        description="Load-test a model on any server speaking the Open Inference (KServe v2) "
-        "gRPC protocol: inferd, Triton, MLServer, KServe. Closed loop (--concurrency-range) "
-        "or open loop (--request-rate-range); each level is measured in windows until three "
-        "agree within --stability-percentage.",
-    )
+    parser = argparse.ArgumentParser(prog="inferd bench", description=Bench.description)
+    _add_arguments(parser)
+    return parser
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-m", "--model-name", required=True, help="the model to load")
     parser.add_argument("-x", "--model-version", default="", help="(default: the latest)")
     parser.add_argument("-u", "--url", default="localhost:8001", help="server (%(default)s)")
@@ -96,7 +95,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-f", "--latency-report-file", type=Path, metavar="FILE.csv")
     parser.add_argument("--json", type=Path, metavar="FILE")
     parser.add_argument("--plot", type=Path, metavar="FILE.png", help="needs inferd[plot]")
-    return parser
 
 
 def _levels(args: argparse.Namespace) -> tuple[LoadLevel, ...]:
@@ -122,7 +120,10 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return _run(build_parser().parse_args(argv))
+
+
+def _run(args: argparse.Namespace) -> int:
     from inferd.clients import Client, InferdError
 
     try:
@@ -192,6 +193,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     failed = any(result.errors for result in results)
     return 1 if failed else 0
+
+
+class Bench:
+    """``inferd bench``, as the ``inferd`` dispatcher finds it (an ``inferd.commands``
+    entry point in pyproject.toml)."""
+
+    help = "load-test a model (inferd bench --help for options)"
+    description = (
+        "Load-test a model on any server speaking the Open Inference (KServe v2) gRPC "
+        "protocol: inferd, Triton, MLServer, KServe. Closed loop (--concurrency-range) or "
+        "open loop (--request-rate-range); each level is measured in windows until three "
+        "agree within --stability-percentage."
+    )
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        _add_arguments(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        return _run(args)
 
 
 if __name__ == "__main__":
