@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+from collections.abc import Callable
 
 import numpy as np
 
@@ -25,7 +26,7 @@ from inferd.bench._harness import (
     percent,
 )
 
-_INPUTS = {
+_INPUTS: dict[str, Callable[[], dict[str, np.ndarray]]] = {
     "simple": lambda: {
         "INPUT0": np.arange(16, dtype=np.int32).reshape(1, 16),
         "INPUT1": np.ones((1, 16), dtype=np.int32),

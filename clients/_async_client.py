@@ -4,7 +4,14 @@ and ``ModelStreamInfer`` streaming, which only this client has."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -126,7 +133,7 @@ class AsyncClient(BaseClient):
         *,
         timeout: float | None = None,
         grpc_errors: bool = False,
-    ) -> AsyncIterator[StreamResponse]:
+    ) -> AsyncGenerator[StreamResponse, None]:
         """Send ``requests`` on one ``ModelStreamInfer`` call and iterate its responses.
 
         Each request is sent as soon as ``requests`` yields it, and the responses come
@@ -163,7 +170,7 @@ class AsyncClient(BaseClient):
         requests: AsyncIterable[StreamRequest] | Iterable[StreamRequest],
         timeout: float | None,
         metadata: tuple[tuple[str, str], ...],
-    ) -> AsyncIterator[StreamResponse]:
+    ) -> AsyncGenerator[StreamResponse, None]:
         call = self._stub_now().ModelStreamInfer(timeout=timeout, metadata=metadata or None)
         writer = asyncio.ensure_future(_send_requests(call, requests))
         try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -31,10 +31,10 @@ if TYPE_CHECKING:  # opentelemetry is an optional extra: imported only when trac
     from inferd.server.tracing import Tracing
 
 W = TypeVar("W")  # a front door's request, as it came off the wire
-R = TypeVar("R")  # its encoded response
+R = TypeVar("R", covariant=True)  # its encoded response
 T = TypeVar("T")
 
-Headers = Sequence[tuple[str, str | bytes]]
+Headers = Iterable[tuple[str, str | bytes]]  # gRPC metadata, HTTP headers
 
 
 @dataclass(frozen=True, slots=True)

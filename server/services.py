@@ -85,7 +85,7 @@ class FrontServices:
         return self._serving
 
     def metadata(self) -> ServerMetadata:
-        extensions = SUPPORTED_EXTENSIONS
+        extensions: tuple[str, ...] = SUPPORTED_EXTENSIONS
         if self.shared_memory.enabled:
             extensions += ("system_shared_memory",)
         return ServerMetadata(SERVER_NAME, self._version, extensions)

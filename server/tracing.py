@@ -14,7 +14,7 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -235,7 +235,7 @@ class Tracing:
 
     def start_request(
         self,
-        metadata: Sequence[tuple[str, str | bytes]] | None,
+        metadata: Iterable[tuple[str, str | bytes]] | None,
         model: str,
         version: str,
         request_id: str,

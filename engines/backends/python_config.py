@@ -9,7 +9,7 @@ index into it directly (``config["max_batch_size"]``), so the dict here does the
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf import descriptor, json_format
 
@@ -31,7 +31,7 @@ def config_as_dict(config: model_config_pb2.ModelConfig) -> dict[str, Any]:
     data = json_format.MessageToDict(
         config, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
-    _int64_as_numbers(config.DESCRIPTOR, data)
+    _int64_as_numbers(cast(descriptor.Descriptor, config.DESCRIPTOR), data)
     return data
 
 

@@ -26,10 +26,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, TypeAlias
 
 import numpy as np
 import torch
@@ -55,6 +55,9 @@ from inferd.protos import model_config_pb2
 from inferd.protos.datatypes import config_type_to_datatype, datatype_of
 
 logger = logging.getLogger(__name__)
+
+# What an instance calls: the module, its pipeline stages, or what torch.compile made.
+Runner: TypeAlias = "torch.nn.Module | Pipeline | Callable[..., Any]"
 
 MODEL_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # torch imports parts of itself lazily (torch._dynamo for torch.export and torch.compile)
@@ -241,7 +244,7 @@ class TorchBackend(Backend):
         convention = CallingConvention.infer(
             module, [t.name for t in config.input], [t.name for t in config.output]
         )
-        runner: torch.nn.Module | Pipeline = module
+        runner: Runner = module
         if options.pipeline_devices:
             runner = _pipeline(config.name, module, options)
         if options.compile_mode is not None:
@@ -332,7 +335,7 @@ class TorchInstance(BackendInstance):
         self,
         config: model_config_pb2.ModelConfig,
         options: TorchOptions,
-        runner: torch.nn.Module | Pipeline,
+        runner: Runner,
         convention: CallingConvention,
         input_device: torch.device,
         output_device: torch.device,
@@ -485,9 +488,9 @@ class TorchInstance(BackendInstance):
                 self._done.record(torch.cuda.current_stream(self._output_device))
         if self._done is not None:
             self._done.synchronize()  # this batch only; releases the GIL while it waits
-        results = {name: tensor.numpy() for name, tensor in outputs.items()}
-        results.update(on_device)  # type: ignore[arg-type]
-        return results
+        answer: dict[str, Any] = {name: tensor.numpy() for name, tensor in outputs.items()}
+        answer.update(on_device)  # device tensors, for CUDA shared memory (device_outputs)
+        return answer
 
 
 def _fixed_row_shapes(

@@ -95,8 +95,9 @@ class StreamCall:
         try:
             while (message := await self._outgoing.get()) is not None:
                 if isinstance(message, _Abort):
-                    await self._context.abort(message.code, message.message)
-                yield message
+                    await self._context.abort(message.code, message.message)  # raises
+                else:
+                    yield message
             await reader
         finally:
             reader.cancel()

@@ -21,8 +21,6 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from inferd.engines import (
     EngineError,
     ErrorCode,
@@ -290,12 +288,12 @@ class FrontConnection:
         if tensor.region is not None:  # CUDA shared memory, which the engine reads
             ref = SharedMemoryRef(tensor.region, tensor.offset, tensor.nbytes)
             return InputTensor(tensor.name, tensor.datatype, tensor.shape, ref)
-        data: memoryview | np.ndarray = tensors.view(
-            tensor, self._request_ring, "input", "request ring"
-        )
-        if tensor.elements != tensors.RAW:  # typed contents: checked by element count
-            data = tensors.flat_array(tensor.datatype, data, tensor.elements)
-        return InputTensor(tensor.name, tensor.datatype, tensor.shape, data)
+        raw = tensors.view(tensor, self._request_ring, "input", "request ring")
+        if tensor.elements == tensors.RAW:
+            return InputTensor(tensor.name, tensor.datatype, tensor.shape, raw)
+        # Typed contents: checked by element count, as in one process.
+        typed = tensors.flat_array(tensor.datatype, raw, tensor.elements)
+        return InputTensor(tensor.name, tensor.datatype, tensor.shape, typed)
 
     async def _run(self, key: int, request: InferRequest, stream: bool) -> None:
         try:

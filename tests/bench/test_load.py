@@ -173,10 +173,11 @@ def test_open_loop_sends_what_the_schedule_says(demo_server: ServerProcess, work
 
 
 def test_poisson_open_loop_runs(demo_server: ServerProcess) -> None:
-    assert demo_server.address is not None
+    address = demo_server.address
+    assert address is not None
 
     async def measure() -> tuple[WindowResult, LoadTotals]:
-        async with LoadSession(demo_server.address, MODEL, INPUTS, timeout=10) as session:
+        async with LoadSession(address, MODEL, INPUTS, timeout=10) as session:
             return await session.window(_rate(200, Distribution.POISSON), 0.5), session.totals
 
     window, totals = asyncio.run(measure())
@@ -185,10 +186,11 @@ def test_poisson_open_loop_runs(demo_server: ServerProcess) -> None:
 
 
 def test_an_unknown_model_counts_every_request_as_not_found(demo_server: ServerProcess) -> None:
-    assert demo_server.address is not None
+    address = demo_server.address
+    assert address is not None
 
     async def measure() -> tuple[list[WindowResult], LoadTotals]:
-        async with LoadSession(demo_server.address, "no_such_model", INPUTS, timeout=10) as s:
+        async with LoadSession(address, "no_such_model", INPUTS, timeout=10) as s:
             windows = [await s.window(_closed(2), 0.5), await s.window(_rate(100), 0.5)]
             return windows, s.totals
 

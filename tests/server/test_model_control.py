@@ -4,6 +4,7 @@ repository index, against real ``inferd serve`` processes."""
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import subprocess
@@ -377,9 +378,10 @@ def test_hostile_uploads_are_refused(
     config_json = json_format.MessageToJson(config)
     with _client(server) as client:
         for key, expected in HOSTILE_FILES.items():
-            error = _error(
-                lambda key=key: client.load_model("uploaded", config=config_json, files={key: b"x"})
+            load = functools.partial(
+                client.load_model, "uploaded", config=config_json, files={key: b"x"}
             )
+            error = _error(load)
             assert error.status() == "StatusCode.INVALID_ARGUMENT", key
             assert expected in error.message(), (key, error.message())
 

@@ -13,7 +13,7 @@ import http.server
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
@@ -65,9 +65,13 @@ class _Collected:
     def __init__(self) -> None:
         self._lock = threading.Condition()
         self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
-        self.headers: list[dict[str, str]] = []
+        self.headers: list[Mapping[str, str | bytes]] = []
 
-    def add(self, request: trace_service_pb2.ExportTraceServiceRequest, headers: dict[str, str]):
+    def add(
+        self,
+        request: trace_service_pb2.ExportTraceServiceRequest,
+        headers: Mapping[str, str | bytes],
+    ) -> None:
         with self._lock:
             self.requests.append(request)
             self.headers.append(headers)
@@ -146,7 +150,7 @@ class OtlpGrpcReceiver:
         return self._collected.requests
 
     @property
-    def headers(self) -> list[dict[str, str]]:
+    def headers(self) -> list[Mapping[str, str | bytes]]:
         return self._collected.headers
 
     def spans(self) -> list[ReceivedSpan]:
@@ -204,7 +208,7 @@ class OtlpHttpReceiver:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
-    def headers(self) -> list[dict[str, str]]:
+    def headers(self) -> list[Mapping[str, str | bytes]]:
         return self._collected.headers
 
     def spans(self) -> list[ReceivedSpan]:

@@ -10,7 +10,7 @@ import re
 import sys
 import textwrap
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,7 +119,7 @@ def load(model_dir: Path, index: int = 0) -> PythonInstance:
 
 
 @pytest.fixture
-def loaded() -> list[PythonInstance]:
+def loaded() -> Iterator[list[PythonInstance]]:
     """Instances a test loads; closed afterwards."""
     instances: list[PythonInstance] = []
     yield instances

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import functools
 import os
 import queue
 import shutil
@@ -185,8 +186,8 @@ def test_region_bytes_view_in_place_when_aligned_and_copy_when_not() -> None:
 
 
 def test_scatter_slices_device_tensors_by_rows() -> None:
-    batch = {"Y": torch.arange(12).reshape(6, 2)}
-    parts = scatter(batch, [1, 3, 2])
+    batch: dict[str, Any] = {"Y": torch.arange(12).reshape(6, 2)}  # device tensors slice too
+    parts: list[dict[str, Any]] = scatter(batch, [1, 3, 2])
     assert [part["Y"].tolist() for part in parts] == [
         [[0, 1]],
         [[2, 3], [4, 5], [6, 7]],
@@ -469,10 +470,10 @@ def test_concurrent_requests_batch_on_the_device(
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         shared = [pool.submit(in_shared_memory, index) for index in range(count)]
         inline = [pool.submit(plain, index) for index in range(count)]
-        for future in shared:
-            future.result()
-        for index, future in enumerate(inline):
-            assert future.result().tolist() == (lefts[index] + right).tolist()
+        for done in shared:
+            done.result()
+        for index, answered in enumerate(inline):
+            assert answered.result().tolist() == (lefts[index] + right).tolist()
     for index, (_, out_handle, _) in enumerate(regions):
         total = _read(out_handle, np.dtype(np.int32), 32, 0).reshape(2, 16)
         assert total.tolist() == (lefts[index] + right).tolist(), index
@@ -542,9 +543,7 @@ def test_hostile_registrations_are_refused_and_the_server_serves(
         (("inferd_x", raw, 0, 64), "reserved for inferd"),
     ]
     for arguments, message in cases:
-        error = _error(
-            lambda arguments=arguments: gpu_client.register_cuda_shared_memory(*arguments)
-        )
+        error = _error(functools.partial(gpu_client.register_cuda_shared_memory, *arguments))
         assert error.status() == "StatusCode.INVALID_ARGUMENT", arguments[0]
         assert message in error.message(), (arguments[0], error.message())
     _assert_still_serves(gpu_client)
@@ -576,7 +575,7 @@ def test_slices_outside_a_region_are_refused(
     for offset, size, message in cases:
         inputs = _simple_inputs()
         inputs[0].set_shared_memory(name, size, offset=offset)
-        error = _error(lambda inputs=inputs: gpu_client.infer("simple", inputs))
+        error = _error(functools.partial(gpu_client.infer, "simple", inputs))
         assert error.status() == "StatusCode.INVALID_ARGUMENT"
         assert message in error.message()
     outputs = [tritongrpc.InferRequestedOutput("OUTPUT0")]

@@ -12,7 +12,7 @@ import queue
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import numpy as np
@@ -582,7 +582,8 @@ def test_unregister_closes_the_servers_descriptor(
     _, key = registered
     # One process holds it, or the engine process and each front's mirror (the front that
     # did not answer the RPC mirrors the change a moment later).
-    holders = 1 if "--frontends 1" in " ".join(shm_server.process.args) else 3
+    command = cast(list[str], shm_server.process.args)
+    holders = 1 if "--frontends 1" in " ".join(command) else 3
     wait_until(
         lambda: _descriptors_on(shm_server, key) == holders,
         f"{holders} descriptors of the region open",

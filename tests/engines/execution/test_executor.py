@@ -54,7 +54,10 @@ class RecordingInstance(BackendInstance):
         self.entered = entered if entered is not None else threading.Condition()
 
     def infer(
-        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+        self,
+        inputs: Mapping[str, np.ndarray],
+        output_names: Sequence[str],
+        device_outputs: frozenset[str] = frozenset(),
     ) -> dict[str, np.ndarray]:
         with self.entered:
             self.calls.append({name: np.array(array, copy=True) for name, array in inputs.items()})

@@ -51,7 +51,7 @@ def test_gather_keeps_bytes_elements() -> None:
 
 def test_scatter_gives_each_request_exactly_its_rows() -> None:
     rows = [2, 1, 3]
-    outputs = {
+    outputs: dict[str, np.ndarray] = {
         "OUTPUT0": np.repeat(np.array([10, 20, 30], np.float32), rows)[:, None] * np.ones((1, 4)),
         "OUTPUT1": np.repeat(np.array([1, 2, 3], np.int32), rows),
     }

@@ -235,7 +235,10 @@ class AccumulatorInstance(BackendInstance):
         self.batches: list[list[int]] = []
 
     def infer(
-        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+        self,
+        inputs: Mapping[str, np.ndarray],
+        output_names: Sequence[str],
+        device_outputs: frozenset[str] = frozenset(),
     ) -> dict[str, np.ndarray]:
         self.batches.append(inputs["INPUT"][:, 0].tolist())
         total = inputs["INPUT"] + inputs["INPUT_STATE"]
@@ -248,7 +251,10 @@ class HistoryInstance(AccumulatorInstance):
     its sum. Sequences at different steps hold states of different shapes."""
 
     def infer(
-        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+        self,
+        inputs: Mapping[str, np.ndarray],
+        output_names: Sequence[str],
+        device_outputs: frozenset[str] = frozenset(),
     ) -> dict[str, np.ndarray]:
         self.batches.append(inputs["INPUT"][:, 0].tolist())
         history = np.concatenate([inputs["INPUT_STATE"], inputs["INPUT"]], axis=1)

@@ -117,7 +117,10 @@ class CountingInstance(BackendInstance):
         self.runs: list[tuple[dict[str, np.ndarray], tuple[str, ...]]] = []
 
     def infer(
-        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+        self,
+        inputs: Mapping[str, np.ndarray],
+        output_names: Sequence[str],
+        device_outputs: frozenset[str] = frozenset(),
     ) -> dict[str, np.ndarray]:
         self.runs.append(
             ({name: np.array(a, copy=True) for name, a in inputs.items()}, tuple(output_names))
@@ -127,7 +130,10 @@ class CountingInstance(BackendInstance):
 
 class FailingInstance(BackendInstance):
     def infer(
-        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+        self,
+        inputs: Mapping[str, np.ndarray],
+        output_names: Sequence[str],
+        device_outputs: frozenset[str] = frozenset(),
     ) -> dict[str, np.ndarray]:
         raise RuntimeError("out of memory")
 

@@ -14,6 +14,7 @@ are in flight for at least that long; every wait is bounded.
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import re
@@ -562,7 +563,7 @@ def _in_flight(
     for index, stub in enumerate(connections.stubs):
         request = _sleepy_request(f"{prefix}-{index}", elements, delay_ms)
         futures.append(
-            pool.submit(_answer, lambda s=stub, r=request: s.ModelInfer(r, timeout=RPC_TIMEOUT_S))
+            pool.submit(_answer, functools.partial(stub.ModelInfer, request, timeout=RPC_TIMEOUT_S))
         )
     _wait_started(server, *(f"{prefix}-{index}" for index in range(count)))
     return pool, futures, connections
@@ -807,8 +808,8 @@ def test_shared_memory_registered_through_one_front_serves_every_front(
             )
             for stub in ours.stubs:  # gone from every front once unregister returned
                 code, details = _answer(
-                    lambda stub=stub: stub.ModelInfer(
-                        _shm_request("gone", "both"), timeout=RPC_TIMEOUT_S
+                    functools.partial(
+                        stub.ModelInfer, _shm_request("gone", "both"), timeout=RPC_TIMEOUT_S
                     )
                 )
                 assert code == grpc.StatusCode.NOT_FOUND, (code, details)

@@ -37,6 +37,7 @@ def test_catalog_crosses_the_wire_and_answers_as_the_engine() -> None:
     wire = msgspec.msgpack.decode(
         msgspec.msgpack.encode(m.Catalog(1, m.to_wire_catalog(entries))), type=m.EngineMessage
     )
+    assert isinstance(wire, m.Catalog)
     catalog = ModelCatalog(m.from_wire_catalog(wire.entries))
     newest = catalog.model_info("m", None)
     assert (newest.version, newest.ready_versions) == (3, (1, 3))
@@ -65,12 +66,14 @@ def test_statistics_and_index_replies_round_trip() -> None:
     decoded = msgspec.msgpack.decode(
         msgspec.msgpack.encode(m.Reply(7, statistics=[wire], index=index)), type=m.EngineMessage
     )
+    assert isinstance(decoded, m.Reply)
     assert decoded.statistics == [wire]
     assert decoded.index == index
     failed = msgspec.msgpack.decode(
         msgspec.msgpack.encode(m.Reply(8, code=ErrorCode.NOT_FOUND, message="no")),
         type=m.EngineMessage,
     )
+    assert isinstance(failed, m.Reply)
     assert (failed.code, failed.message) == (ErrorCode.NOT_FOUND, "no")
 
 
@@ -175,6 +178,6 @@ def test_cuda_shared_memory_crosses_the_wire_as_references() -> None:
     )
     reply = m.Reply(3, cuda_regions=[CudaRegionStatus("images", 0, 1 << 20)])
     regions = m.Regions(5, [], ["images"])
-    for message in (result, reply, regions):
-        wire = msgspec.msgpack.decode(msgspec.msgpack.encode(message), type=m.EngineMessage)
-        assert wire == message
+    for answer in (result, reply, regions):
+        back = msgspec.msgpack.decode(msgspec.msgpack.encode(answer), type=m.EngineMessage)
+        assert back == answer
