@@ -30,7 +30,17 @@ from pathlib import Path
 GRPCIO_TOOLS_VERSION = "1.76.0"
 
 PROTO_DIR = Path(__file__).resolve().parent
-PROTO_FILES = ("model_config.proto", "grpc_service.proto")
+# health.proto and reflection_*.proto are gRPC's own health and reflection
+# services: inferd generates them itself so that they, too, live in its private
+# pool and need neither grpcio-health-checking nor grpcio-reflection, whose
+# gencode pins protobuf versions that tritonclient's may not match.
+PROTO_FILES = (
+    "model_config.proto",
+    "grpc_service.proto",
+    "health.proto",
+    "reflection_v1alpha.proto",
+    "reflection_v1.proto",
+)
 PACKAGE = "inferd.protos"
 
 # Files kept from protoc's output. protoc's gRPC plugin also writes
@@ -40,8 +50,17 @@ GENERATED_FILES = (
     "grpc_service_pb2.py",
     "grpc_service_pb2.pyi",
     "grpc_service_pb2_grpc.py",
+    "health_pb2.py",
+    "health_pb2.pyi",
+    "health_pb2_grpc.py",
     "model_config_pb2.py",
     "model_config_pb2.pyi",
+    "reflection_v1_pb2.py",
+    "reflection_v1_pb2.pyi",
+    "reflection_v1_pb2_grpc.py",
+    "reflection_v1alpha_pb2.py",
+    "reflection_v1alpha_pb2.pyi",
+    "reflection_v1alpha_pb2_grpc.py",
 )
 _DISCARDED_FILES = frozenset({"model_config_pb2_grpc.py"})
 

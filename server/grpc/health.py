@@ -1,5 +1,10 @@
 """``grpc.health.v1.Health`` for inferd.
 
+The stubs are inferd's own (``inferd.protos.health_pb2``, in inferd's private descriptor
+pool), not grpcio-health-checking's: that package's gencode demands a protobuf release
+that tritonclient's pins can rule out, and inferd must install beside any tritonclient.
+On the wire the two are the same service.
+
 grpcio-health-checking's servicer keeps ``Watch`` streams open forever; an open watch
 is an in-flight RPC, so a graceful stop would wait out the whole grace period for it
 (gRPC's own client-side health checking holds exactly such a watch). Here, ``drain()``
@@ -10,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import TypeAlias
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-# The generated enum wrapper is a value, not a type; statuses are its int values.
-ServingStatus = int
+from inferd.protos import health_pb2, health_pb2_grpc
+
+# The generated enum: a type to mypy (the stubs), an int-valued wrapper at run time.
+ServingStatus: TypeAlias = "health_pb2.HealthCheckResponse.ServingStatus"
 SERVING: ServingStatus = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING: ServingStatus = health_pb2.HealthCheckResponse.NOT_SERVING
 

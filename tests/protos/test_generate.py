@@ -9,10 +9,16 @@ from collections.abc import Iterator
 from types import ModuleType
 
 import pytest
-from google.protobuf import descriptor_pb2
+from google.protobuf import descriptor_pb2, text_format
 
 from inferd.protos import generate as protos_generate
-from inferd.protos import grpc_service_pb2, model_config_pb2
+from inferd.protos import (
+    grpc_service_pb2,
+    health_pb2,
+    model_config_pb2,
+    reflection_v1_pb2,
+    reflection_v1alpha_pb2,
+)
 
 SERVICE = "inference.GRPCInferenceService"
 
@@ -146,10 +152,47 @@ def test_messages_round_trip_with_tritonclient():
     assert ours.SerializeToString(deterministic=True) == wire
 
 
+# --- gRPC's health and reflection services ----------------------------------------------
+
+
+def _definitions(module: ModuleType) -> descriptor_pb2.FileDescriptorProto:
+    """What a file defines and how it is encoded: without its name and language options."""
+    proto = _file_proto(module)
+    proto.ClearField("name")
+    proto.ClearField("options")
+    return proto
+
+
+@pytest.mark.parametrize(
+    ("grpc_module", "ours_module"),
+    [
+        ("grpc_health.v1.health_pb2", health_pb2),
+        ("grpc_reflection.v1alpha.reflection_pb2", reflection_v1alpha_pb2),
+    ],
+    ids=["health", "reflection_v1alpha"],
+)
+def test_health_and_reflection_match_grpc(grpc_module, ours_module):
+    # grpcio-health-checking and grpcio-reflection (dev dependencies only) carry gRPC's
+    # own definitions: inferd's must define the same package, messages, fields, numbers,
+    # enums and services, field for field.
+    theirs = _definitions(importlib.import_module(grpc_module))
+    assert text_format.MessageToString(_definitions(ours_module)) == text_format.MessageToString(
+        theirs
+    )
+
+
+def test_reflection_v1_is_v1alpha_in_another_package():
+    v1alpha = text_format.MessageToString(_definitions(reflection_v1alpha_pb2))
+    v1 = text_format.MessageToString(_definitions(reflection_v1_pb2))
+    assert v1alpha.count("grpc.reflection.v1alpha") == 10  # the package and 9 type names
+    assert v1 == v1alpha.replace("grpc.reflection.v1alpha", "grpc.reflection.v1")
+
+
 # --- coexistence with tritonclient in one process ---------------------------------------
 
 _IMPORT_OURS = "import inferd.protos.grpc_service_pb2, inferd.protos.grpc_service_pb2_grpc"
 _IMPORT_TRITON = "import tritonclient.grpc"
+_IMPORT_GRPC = "import grpc_health.v1.health_pb2, grpc_reflection.v1alpha.reflection_pb2"
 
 
 @pytest.mark.parametrize(
@@ -177,3 +220,38 @@ def test_imports_beside_tritonclient(statements):
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "statements",
+    [
+        ("import inferd.server.grpc.health, inferd.server.grpc.reflection", _IMPORT_GRPC),
+        (_IMPORT_GRPC, "import inferd.server.grpc.health, inferd.server.grpc.reflection"),
+    ],
+    ids=["inferd-first", "grpc-first"],
+)
+def test_health_and_reflection_stubs_beside_grpcs(statements):
+    # The same grpc.health.v1 / grpc.reflection.v1alpha symbols, once in inferd's pool
+    # and once in the default pool; and inferd itself imports neither of gRPC's packages.
+    check_inferd_alone = (
+        "import sys; import inferd.server.grpc.health, inferd.server.grpc.reflection; "
+        "assert not {'grpc_health.v1', 'grpc_reflection.v1alpha'} & set(sys.modules)"
+    )
+    code = "\n".join(
+        [
+            *statements,
+            "from inferd.protos import health_pb2 as ours",
+            "from grpc_health.v1 import health_pb2 as theirs",
+            "assert ours.DESCRIPTOR.pool is not theirs.DESCRIPTOR.pool",
+            "wire = theirs.HealthCheckResponse(status=theirs.HealthCheckResponse.SERVING)",
+            "assert ours.HealthCheckResponse.FromString(wire.SerializeToString()).status == 1",
+        ]
+    )
+    for program in (check_inferd_alone, code):
+        result = subprocess.run(
+            [sys.executable, "-W", "error", "-c", program],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr

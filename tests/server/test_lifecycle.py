@@ -21,11 +21,12 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
-from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -86,8 +87,7 @@ def _output0(response: pb.ModelInferResponse) -> list[float]:
     return np.frombuffer(response.raw_output_contents[0], "<f4").tolist()
 
 
-def _open(address: str | None) -> tuple[grpc.Channel, pb_grpc.GRPCInferenceServiceStub]:
-    assert address is not None
+def _open(address: str) -> tuple[grpc.Channel, pb_grpc.GRPCInferenceServiceStub]:
     channel = grpc.insecure_channel(address)
     return channel, pb_grpc.GRPCInferenceServiceStub(channel)
 
@@ -118,8 +118,7 @@ def _exit_code(server: ServerProcess, timeout: float = EXIT_TIMEOUT_S) -> int:
         pytest.fail(f"inferd did not exit within {timeout}s:\n{server.log_text()}")
 
 
-def _port(address: str | None) -> str:
-    assert address is not None
+def _port(address: str) -> str:
     return address.rsplit(":", 1)[1]
 
 
@@ -338,6 +337,12 @@ def test_reuse_port_lets_two_servers_share_a_port(launch: Launch, demo_repositor
 
 
 # --- health and reflection ------------------------------------------------------------
+# The clients here are gRPC's own (grpcio-health-checking's and grpcio-reflection's
+# stubs, in protobuf's default pool), not inferd's: they prove inferd's stubs and
+# servicers speak the same protocol.
+
+REFLECTION_V1ALPHA_SERVICE = "grpc.reflection.v1alpha.ServerReflection"
+REFLECTION_V1_SERVICE = "grpc.reflection.v1.ServerReflection"
 
 
 @pytest.mark.parametrize("service", ["", INFERENCE_SERVICE])
@@ -360,10 +365,20 @@ def test_health_check_of_unknown_service_is_not_found(demo_server: ServerProcess
     assert failed.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_health_watch_of_unknown_service_says_service_unknown(
+    demo_server: ServerProcess,
+) -> None:
+    with grpc.insecure_channel(demo_server.address) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=RPC_TIMEOUT_S
+        )
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        watch.cancel()
+
+
 def _reflect(
-    address: str | None, *requests: reflection_pb2.ServerReflectionRequest
+    address: str, *requests: reflection_pb2.ServerReflectionRequest
 ) -> list[reflection_pb2.ServerReflectionResponse]:
-    assert address is not None
     with grpc.insecure_channel(address) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         return list(stub.ServerReflectionInfo(iter(requests), timeout=RPC_TIMEOUT_S))
@@ -374,7 +389,12 @@ def test_reflection_lists_the_services(demo_server: ServerProcess) -> None:
         demo_server.address, reflection_pb2.ServerReflectionRequest(list_services="")
     )
     services = {service.name for service in response.list_services_response.service}
-    assert {INFERENCE_SERVICE, HEALTH_SERVICE} <= services
+    assert services == {
+        INFERENCE_SERVICE,
+        HEALTH_SERVICE,
+        REFLECTION_V1ALPHA_SERVICE,
+        REFLECTION_V1_SERVICE,
+    }
 
 
 def test_reflection_describes_the_inference_service(demo_server: ServerProcess) -> None:
@@ -410,6 +430,125 @@ def test_reflection_describes_the_inference_service(demo_server: ServerProcess) 
     assert methods["ModelInfer"].input_type.full_name == "inference.ModelInferRequest"
     assert methods["ModelStreamInfer"].client_streaming
     assert pool.FindMessageTypeByName("inference.ModelConfig") is not None
+
+
+def test_reflection_sends_a_file_with_its_imports(demo_server: ServerProcess) -> None:
+    # One answer carries everything needed to build the file: itself first, then imports.
+    (response,) = _reflect(
+        demo_server.address,
+        reflection_pb2.ServerReflectionRequest(file_by_filename="grpc_service.proto"),
+    )
+    names = [
+        descriptor_pb2.FileDescriptorProto.FromString(serialized).name
+        for serialized in response.file_descriptor_response.file_descriptor_proto
+    ]
+    assert names == ["grpc_service.proto", "model_config.proto"]
+
+
+def test_reflection_descriptor_database_finds_a_method_input(demo_server: ServerProcess) -> None:
+    """grpcio-reflection's own client: a descriptor pool that asks the server (v1alpha)."""
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    with grpc.insecure_channel(demo_server.address) as channel:
+        database = ProtoReflectionDescriptorDatabase(channel)
+        assert INFERENCE_SERVICE in set(database.get_services())
+        pool = descriptor_pool.DescriptorPool(database)
+        method = pool.FindMethodByName(f"{INFERENCE_SERVICE}.ModelInfer")
+        input_type = method.input_type
+        assert input_type.full_name == "inference.ModelInferRequest"
+        assert input_type.fields_by_name["raw_input_contents"].number == 7
+        health = pool.FindServiceByName(HEALTH_SERVICE)
+        assert health.methods_by_name["Watch"].output_type.name == "HealthCheckResponse"
+
+
+def test_reflection_answers_what_it_cannot_with_errors_and_goes_on(
+    demo_server: ServerProcess,
+) -> None:
+    request = reflection_pb2.ServerReflectionRequest
+    requests = [
+        request(file_by_filename="no_such.proto"),
+        request(file_containing_symbol="no.such.Symbol"),
+        request(file_containing_symbol=f"{INFERENCE_SERVICE}.NoSuchMethod"),
+        request(
+            file_containing_extension=reflection_pb2.ExtensionRequest(
+                containing_type="inference.ModelInferRequest", extension_number=100
+            )
+        ),
+        request(all_extension_numbers_of_type="no.such.Message"),
+        request(),
+        # After the errors, answers again: a method's file, and a type without extensions.
+        request(file_containing_symbol=f"{INFERENCE_SERVICE}.ModelInfer"),
+        request(all_extension_numbers_of_type="inference.ModelInferRequest"),
+    ]
+    responses = _reflect(demo_server.address, *requests)
+    assert [response.original_request for response in responses] == requests
+    codes = [response.error_response.error_code for response in responses[:6]]
+    not_found, invalid = (
+        grpc.StatusCode.NOT_FOUND.value[0],
+        grpc.StatusCode.INVALID_ARGUMENT.value[0],
+    )
+    assert codes == [not_found] * 5 + [invalid]
+    assert all(response.HasField("error_response") for response in responses[:6])
+    assert "no_such.proto" in responses[0].error_response.error_message
+
+    method_file = responses[6].file_descriptor_response.file_descriptor_proto[0]
+    assert descriptor_pb2.FileDescriptorProto.FromString(method_file).name == "grpc_service.proto"
+    numbers = responses[7].all_extension_numbers_response
+    assert numbers.base_type_name == "inference.ModelInferRequest"
+    assert list(numbers.extension_number) == []
+
+
+def _v1_reflection_messages() -> tuple[Any, Any]:
+    """``grpc.reflection.v1``'s request and response types, built without inferd's stubs.
+
+    grpcio-reflection ships only v1alpha's stubs, and v1 is the same protocol in another
+    package: renaming grpc_reflection's v1alpha file gives v1's messages.
+    """
+    proto = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(proto)
+    old, new = ".grpc.reflection.v1alpha.", ".grpc.reflection.v1."
+    proto.name = "test_grpc_reflection_v1.proto"
+    proto.package = "grpc.reflection.v1"
+    for message in proto.message_type:
+        for field in message.field:
+            if field.HasField("type_name"):
+                field.type_name = field.type_name.replace(old, new)
+    del proto.service[:]  # called by its path below
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    request, response = (
+        message_factory.GetMessageClass(pool.FindMessageTypeByName(f"grpc.reflection.v1.{name}"))
+        for name in ("ServerReflectionRequest", "ServerReflectionResponse")
+    )
+    return request, response
+
+
+def test_reflection_v1_answers_plain_stubs(demo_server: ServerProcess) -> None:
+    request_type, response_type = _v1_reflection_messages()
+    requests = [
+        request_type(list_services=""),
+        request_type(file_containing_symbol=f"{INFERENCE_SERVICE}.ModelInfer"),
+        request_type(file_by_filename="no_such.proto"),
+    ]
+    with grpc.insecure_channel(demo_server.address) as channel:
+        call = channel.stream_stream(
+            f"/{REFLECTION_V1_SERVICE}/ServerReflectionInfo",
+            request_serializer=request_type.SerializeToString,
+            response_deserializer=response_type.FromString,
+        )
+        listed, described, missing = call(iter(requests), timeout=RPC_TIMEOUT_S)
+
+    assert {service.name for service in listed.list_services_response.service} >= {
+        INFERENCE_SERVICE,
+        REFLECTION_V1_SERVICE,
+    }
+    files = described.file_descriptor_response.file_descriptor_proto
+    names = [descriptor_pb2.FileDescriptorProto.FromString(file).name for file in files]
+    assert names == ["grpc_service.proto", "model_config.proto"]
+    assert missing.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
+    assert missing.original_request == requests[2]
 
 
 # --- models that fail to load ----------------------------------------------------------
@@ -496,7 +635,7 @@ def test_unimplemented_rpc_says_so(demo_server: ServerProcess, rpc: str) -> None
         with pytest.raises(grpc.RpcError) as failed:
             method(UNARY_UNIMPLEMENTED[rpc], timeout=RPC_TIMEOUT_S)
     assert failed.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert f"inferd does not implement {rpc} yet" in failed.value.details()
+    assert f"inferd does not implement {rpc} yet" in (failed.value.details() or "")
 
 
 def test_model_stream_infer_with_generated_stubs(demo_server: ServerProcess) -> None:

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 _LISTENING = re.compile(r"listening on (\S+)")
@@ -16,12 +16,21 @@ _METRICS = re.compile(r"metrics on (http://\S+)")
 _READY = "ready:"
 
 
+# How the suite runs inferd: with this interpreter, from the checkout on its path.
+CHECKOUT_INFERD = (sys.executable, "-m", "inferd.server")
+
+
 class ServerProcess:
-    def __init__(self, repository: Path | None, *args: str, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        repository: Path | None,
+        *args: str,
+        env: dict[str, str] | None = None,
+        program: Sequence[str] = CHECKOUT_INFERD,
+    ):
+        """``program`` runs inferd's CLI: e.g. another environment's ``inferd`` script."""
         command = [
-            sys.executable,
-            "-m",
-            "inferd.server",
+            *program,
             "serve",
             "--grpc-port",
             "0",
@@ -39,7 +48,7 @@ class ServerProcess:
             env={**os.environ, **(env or {})},
         )
         self.log: list[str] = []
-        self.address: str | None = None
+        self._address: str | None = None
         self.metrics_url: str | None = None
         self._ready = threading.Event()
         self._reader = threading.Thread(target=self._read_log, daemon=True)
@@ -51,8 +60,8 @@ class ServerProcess:
             for line in self.process.stderr:
                 self.log.append(line)
                 listening = _LISTENING.search(line)
-                if listening and self.address is None:
-                    self.address = listening.group(1).split(",")[0]
+                if listening and self._address is None:
+                    self._address = listening.group(1).split(",")[0]
                 metrics = _METRICS.search(line)
                 if metrics:
                     self.metrics_url = metrics.group(1)
@@ -66,6 +75,13 @@ class ServerProcess:
             self.kill()
             raise RuntimeError("inferd did not become ready:\n" + self.log_text())
         return self
+
+    @property
+    def address(self) -> str:
+        """Where it listens (the first address it logged); known once it is listening."""
+        if self._address is None:
+            raise RuntimeError("inferd has not logged where it listens:\n" + self.log_text())
+        return self._address
 
     def log_text(self) -> str:
         return "".join(self.log)
