@@ -18,7 +18,6 @@ SHORT = ["-p", "300", "-r", "3", "--warmup", "100", "-s", "1000"]
 def test_closed_loop_sweep_writes_table_json_and_csv(
     demo_server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert demo_server.address is not None
     report, table = tmp_path / "bench.json", tmp_path / "bench.csv"
     code = main([
         "-m", "simple", "-u", demo_server.address, "--concurrency-range", "1:2",
@@ -47,7 +46,6 @@ def test_closed_loop_sweep_writes_table_json_and_csv(
 def test_open_loop_with_bytes_inputs(
     demo_server: ServerProcess, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert demo_server.address is not None
     code = main([
         "-m", "simple_string", "-u", demo_server.address, "--request-rate-range", "50",
         "--request-distribution", "poisson", *SHORT,
@@ -61,7 +59,6 @@ def test_errors_are_reported_not_hidden(
     demo_server: ServerProcess, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # A per-request timeout no request can meet: every request fails, and says how.
-    assert demo_server.address is not None
     code = main([
         "-m", "cnn_classifier", "-u", demo_server.address, "-b", "64",
         "--request-timeout", "0.000001", *SHORT,
@@ -88,7 +85,6 @@ def test_bad_arguments_give_clear_errors(
     arguments: list[str],
     complaint: str,
 ) -> None:
-    assert demo_server.address is not None
     assert main([*arguments, "-u", demo_server.address, *SHORT]) == 2
     assert complaint in capsys.readouterr().err
 
@@ -109,7 +105,6 @@ def test_ranges_expand_like_perf_analyzer() -> None:
 
 
 def test_plot_is_a_png(demo_server: ServerProcess, tmp_path: Path) -> None:
-    assert demo_server.address is not None
     image = tmp_path / "sweep.png"
     code = main([
         "-m", "simple", "-u", demo_server.address, "--concurrency-range", "1:2",

@@ -136,7 +136,6 @@ def test_merge_windows_joins_response_samples() -> None:
 
 def test_closed_loop_counts_match_the_server(demo_server: ServerProcess) -> None:
     address = demo_server.address
-    assert address is not None
     before = _server_counts(address)
 
     async def measure() -> tuple[WindowResult, LoadTotals]:
@@ -160,7 +159,6 @@ def test_closed_loop_counts_match_the_server(demo_server: ServerProcess) -> None
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_open_loop_sends_what_the_schedule_says(demo_server: ServerProcess, workers: int) -> None:
-    assert demo_server.address is not None
     config = SessionConfig(demo_server.address, MODEL, INPUTS, timeout=10)
     with WorkerPool(config, workers=workers) as pool:
         window = pool.run_window(_rate(100), 1.0)
@@ -174,7 +172,6 @@ def test_open_loop_sends_what_the_schedule_says(demo_server: ServerProcess, work
 
 def test_poisson_open_loop_runs(demo_server: ServerProcess) -> None:
     address = demo_server.address
-    assert address is not None
 
     async def measure() -> tuple[WindowResult, LoadTotals]:
         async with LoadSession(address, MODEL, INPUTS, timeout=10) as session:
@@ -187,7 +184,6 @@ def test_poisson_open_loop_runs(demo_server: ServerProcess) -> None:
 
 def test_an_unknown_model_counts_every_request_as_not_found(demo_server: ServerProcess) -> None:
     address = demo_server.address
-    assert address is not None
 
     async def measure() -> tuple[list[WindowResult], LoadTotals]:
         async with LoadSession(address, "no_such_model", INPUTS, timeout=10) as s:
@@ -209,7 +205,6 @@ def test_a_server_that_dies_mid_window_turns_into_errors(
     start_server: Callable[..., ServerProcess], demo_repository: Path, level: LoadLevel
 ) -> None:
     server = start_server(demo_repository)
-    assert server.address is not None
     address = server.address
     duration_s, drain_s = 1.5, 2.0
 
@@ -233,7 +228,6 @@ def test_a_server_that_dies_mid_window_turns_into_errors(
 
 def test_worker_pool_closed_loop_counts_match_the_server(demo_server: ServerProcess) -> None:
     address = demo_server.address
-    assert address is not None
     before = _server_counts(address)
     config = SessionConfig(address, MODEL, INPUTS, channels=2, timeout=10)
     with WorkerPool(config, workers=2) as pool:
@@ -258,7 +252,6 @@ def test_a_hung_server_turns_into_deadline_errors(
     start_server: Callable[..., ServerProcess], demo_repository: Path
 ) -> None:
     server = start_server(demo_repository)
-    assert server.address is not None
     address = server.address
 
     async def measure() -> tuple[WindowResult, LoadTotals, WindowResult, LoadTotals]:

@@ -53,7 +53,6 @@ def repeat_int32(demo_repository: Path) -> str:
 
 
 def _address(server: ServerProcess) -> str:
-    assert server.address is not None
     return server.address
 
 

@@ -44,7 +44,6 @@ def test_infer_rejects_a_malformed_input(capsys: pytest.CaptureFixture[str]) -> 
 def test_models_lists_the_demo_models_ready(
     demo_server: ServerProcess, demo_repository: Path
 ) -> None:
-    assert demo_server.address is not None
     completed = inferd("models", "-u", demo_server.address)
     assert completed.returncode == 0, completed.stderr
     rows = [line.split("\t") for line in completed.stdout.splitlines()]
@@ -54,7 +53,6 @@ def test_models_lists_the_demo_models_ready(
 
 
 def test_models_lists_broken_models_with_their_reason(test_server: ServerProcess) -> None:
-    assert test_server.address is not None
     completed = inferd("models", "--url", test_server.address)
     assert completed.returncode == 0, completed.stderr
     rows = {line.split("\t")[0]: line.split("\t") for line in completed.stdout.splitlines()}
@@ -65,7 +63,6 @@ def test_models_lists_broken_models_with_their_reason(test_server: ServerProcess
 
 
 def test_infer_simple(demo_server: ServerProcess) -> None:
-    assert demo_server.address is not None
     input0, input1 = list(range(16)), [2 * i - 5 for i in range(16)]
     completed = inferd(
         "infer",
@@ -87,7 +84,6 @@ def test_infer_simple(demo_server: ServerProcess) -> None:
 
 
 def test_infer_comma_separated_values_and_one_output(demo_server: ServerProcess) -> None:
-    assert demo_server.address is not None
     ones = ",".join(["1"] * 16)
     completed = inferd(
         "infer",
@@ -106,7 +102,6 @@ def test_infer_comma_separated_values_and_one_output(demo_server: ServerProcess)
 
 
 def test_infer_simple_string(demo_server: ServerProcess) -> None:
-    assert demo_server.address is not None
     input0 = [str(i) for i in range(16)]
     input1 = ["10"] * 16
     completed = inferd(
@@ -127,7 +122,6 @@ def test_infer_simple_string(demo_server: ServerProcess) -> None:
 
 
 def test_infer_unknown_model_is_a_clear_error(demo_server: ServerProcess) -> None:
-    assert demo_server.address is not None
     completed = inferd("infer", "no_such_model", "--input", "INPUT0=[1]", "-u", demo_server.address)
     assert completed.returncode == 1
     assert completed.stdout == ""
@@ -138,7 +132,6 @@ def test_infer_unknown_model_is_a_clear_error(demo_server: ServerProcess) -> Non
 
 
 def test_infer_unknown_input_names_the_model_inputs(demo_server: ServerProcess) -> None:
-    assert demo_server.address is not None
     completed = inferd("infer", "simple", "--input", "INPUT9=[1]", "-u", demo_server.address)
     assert completed.returncode != 0
     assert "INPUT9" in completed.stderr
@@ -147,7 +140,6 @@ def test_infer_unknown_input_names_the_model_inputs(demo_server: ServerProcess) 
 
 
 def test_infer_wrong_shape_is_the_servers_error(demo_server: ServerProcess) -> None:
-    assert demo_server.address is not None
     completed = inferd(
         "infer",
         "simple",

@@ -113,7 +113,6 @@ def test_stream_error_carries_message_and_request_id_and_ends_the_request() -> N
 
 
 def _address(server: ServerProcess) -> str:
-    assert server.address is not None
     return server.address
 
 

@@ -79,7 +79,6 @@ def _holder_config(tag: int, marker: Path) -> dict[str, Any]:
 
 
 def _client(server: ServerProcess) -> tritongrpc.InferenceServerClient:
-    assert server.address is not None
     return tritongrpc.InferenceServerClient(server.address)
 
 
@@ -405,7 +404,6 @@ def test_parameter_types_and_names_follow_triton(
     demo_copy: Path, start_server: Callable[..., ServerProcess]
 ) -> None:
     server = start_server(demo_copy, "--model-control-mode", "explicit")
-    assert server.address is not None
     import grpc
     from tritonclient.grpc import service_pb2_grpc
 

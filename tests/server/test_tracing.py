@@ -724,7 +724,6 @@ def _received_requests(spans: Sequence[ReceivedSpan]) -> dict[str, ReceivedSpan]
 
 def _send_through(server: ServerProcess) -> None:
     """Three requests batched together, and one continuing a client trace."""
-    assert server.address is not None
     client = grpcclient.InferenceServerClient(server.address)
     try:
         answers = {rid: Answer() for rid in ("e2e-a", "e2e-b", "e2e-c")}

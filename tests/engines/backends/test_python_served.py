@@ -148,7 +148,6 @@ def server(repository: Path) -> Iterator[ServerProcess]:
 
 @pytest.fixture
 def client(server: ServerProcess) -> Iterator[grpcclient.InferenceServerClient]:
-    assert server.address is not None
     connected = grpcclient.InferenceServerClient(server.address)
     yield connected
     connected.close()
@@ -215,7 +214,6 @@ def test_auto_complete_config_declares_the_tensors(
 
 
 def test_decoupled_requests_count_in_the_statistics(demo_server: ServerProcess) -> None:
-    assert demo_server.address is not None
     client = grpcclient.InferenceServerClient(demo_server.address)
     responses: queue.Queue[object] = queue.Queue()
     before = client.get_inference_statistics("repeat_int32").model_stats[0]
@@ -259,7 +257,6 @@ def test_a_decoupled_error_that_is_not_final_leaves_the_request_open(
     from inferd.clients import AsyncClient, StreamRequest
 
     async def run() -> list[tuple[bool, bool, dict]]:
-        assert server.address is not None
         async with AsyncClient(server.address) as client:
             request = StreamRequest(
                 "error_then_data",

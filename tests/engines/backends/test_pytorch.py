@@ -231,7 +231,6 @@ def torch_server(torch_repository: tuple[Path, dict]) -> Iterator[ServerProcess]
 
 @pytest.fixture(scope="module")
 def client(torch_server: ServerProcess) -> Iterator[Client]:
-    assert torch_server.address is not None
     with Client(torch_server.address, timeout=60) as connected:
         yield connected
 

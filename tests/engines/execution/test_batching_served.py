@@ -231,7 +231,6 @@ def batching(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Batching]:
             "INFERD_TEST_GATES": str(root / "gates"),
         }
         server = ServerProcess(repository, env=env).wait_ready()
-        assert server.address is not None
         with grpcclient.InferenceServerClient(server.address) as client:
             yield Batching(server, client, gates)
     finally:

@@ -141,7 +141,6 @@ def _run_client(stubs: Path, address: str) -> dict:
 
 
 def test_generated_stubs_talk_to_inferd(stubs: Path, demo_server: ServerProcess) -> None:
-    assert demo_server.address is not None
     result = _run_client(stubs, demo_server.address)
 
     assert result["foreign_modules"] == []

@@ -55,7 +55,6 @@ class Collector:
 
 @pytest.fixture
 def client(demo_server: ServerProcess) -> Iterator[grpcclient.InferenceServerClient]:
-    assert demo_server.address is not None
     connected = grpcclient.InferenceServerClient(demo_server.address)
     yield connected
     connected.close()
@@ -235,7 +234,6 @@ def test_model_infer_refuses_a_decoupled_model(client: grpcclient.InferenceServe
 
 def test_aio_stream_infer(demo_server: ServerProcess) -> None:
     async def run() -> list[tuple[str, list[int]]]:
-        assert demo_server.address is not None
         async with aioclient.InferenceServerClient(demo_server.address) as aio:
 
             async def requests():

@@ -176,8 +176,7 @@ def launch(probe: dict[str, str]) -> Iterator[Launch]:
 class Connections:
     """Separate TCP connections to one server, used round robin."""
 
-    def __init__(self, address: str | None, count: int = CONNECTIONS) -> None:
-        assert address is not None
+    def __init__(self, address: str, count: int = CONNECTIONS) -> None:
         options = [
             ("grpc.use_local_subchannel_pool", 1),
             ("grpc.max_send_message_length", -1),
@@ -445,7 +444,7 @@ def _sequence_request(
     return request
 
 
-def _stream(address: str | None, requests: list[pb.ModelInferRequest]) -> list[tuple]:
+def _stream(address: str, requests: list[pb.ModelInferRequest]) -> list[tuple]:
     """Each response as (id, error, outputs, raw contents, final), per request id in order."""
     with Connections(address, 1) as connection:
         responses = connection.next().ModelStreamInfer(iter(requests), timeout=RPC_TIMEOUT_S)
@@ -740,7 +739,6 @@ def test_a_unix_socket_is_refused_with_several_fronts(
 def test_a_port_another_server_serves_is_refused(launch: Launch, demo_repository: Path) -> None:
     """SO_REUSEPORT would let a second server share the port silently; it must fail."""
     first = launch(demo_repository, "--frontends", "2")
-    assert first.address is not None
     port = first.address.rsplit(":", 1)[1]
     second = launch(demo_repository, "--frontends", "2", "--grpc-port", port, wait=False)
     assert second.wait(WAIT_S) != 0
