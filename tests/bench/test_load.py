@@ -26,6 +26,7 @@ from inferd.bench.workers import SessionConfig, WorkerPool, merge_windows, split
 from inferd.protos import grpc_service_pb2 as pb
 from inferd.protos.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 from tests.support.server_process import ServerProcess
+from tests.support.waiting import wait_until
 
 MODEL = "identity_fp32"
 INPUTS = {"INPUT0": np.arange(4, dtype=np.float32).reshape(1, 4)}  # one row per request
@@ -56,14 +57,14 @@ def _server_counts(address: str, model: str = MODEL) -> _ServerCounts:
 
 
 def _settled_counts(address: str, before: _ServerCounts, succeeded: int) -> _ServerCounts:
-    """The server's counts once they include ``succeeded`` more requests (or the deadline
-    passed): statistics may be recorded just after the answer goes out."""
-    deadline = time.monotonic() + SETTLE_S
-    while True:
-        after = _server_counts(address)
-        if after.requests - before.requests >= succeeded or time.monotonic() > deadline:
-            return after
-        time.sleep(0.05)
+    """The server's counts once they include ``succeeded`` more requests: statistics may
+    be recorded just after the answer goes out."""
+    wait_until(
+        lambda: _server_counts(address).requests - before.requests >= succeeded,
+        f"the server's statistics counting {succeeded} more requests",
+        timeout_s=SETTLE_S,
+    )
+    return _server_counts(address)
 
 
 def _assert_consistent(totals: LoadTotals) -> None:

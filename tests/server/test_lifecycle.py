@@ -34,6 +34,7 @@ from inferd.clients import Client, UnavailableError
 from inferd.protos import grpc_service_pb2 as pb
 from inferd.protos import grpc_service_pb2_grpc as pb_grpc
 from tests.support.server_process import ServerProcess, probe_env
+from tests.support.waiting import wait_for_log
 
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
 HEALTH_SERVICE = "grpc.health.v1.Health"
@@ -92,23 +93,10 @@ def _open(address: str) -> tuple[grpc.Channel, pb_grpc.GRPCInferenceServiceStub]
     return channel, pb_grpc.GRPCInferenceServiceStub(channel)
 
 
-def _wait_for_log(server: ServerProcess, text: str, timeout: float = EXIT_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in server.log_text():
-        if server.process.poll() is not None:
-            server.wait()  # the reader has the last lines once the process is gone
-            if text in server.log_text():
-                return
-            pytest.fail(f"inferd exited before logging {text!r}:\n{server.log_text()}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"inferd did not log {text!r} within {timeout}s:\n{server.log_text()}")
-        time.sleep(0.02)
-
-
 def _wait_until_started(server: ServerProcess, *request_ids: str) -> None:
     """Returns once the (probed) server runs a handler for each of these requests."""
     for request_id in request_ids:
-        _wait_for_log(server, f"probe: ModelInfer {request_id} started")
+        wait_for_log(server, f"probe: ModelInfer {request_id} started", EXIT_TIMEOUT_S)
 
 
 def _exit_code(server: ServerProcess, timeout: float = EXIT_TIMEOUT_S) -> int:
@@ -175,7 +163,7 @@ def test_new_connections_are_refused_while_draining(launch: Launch, test_reposit
         )
         _wait_until_started(server, "endless")
         server.signal(signal.SIGTERM)
-        _wait_for_log(server, "SIGTERM: draining")
+        wait_for_log(server, "SIGTERM: draining", EXIT_TIMEOUT_S)
 
         # Nobody listens any more: load balancers and clients move on. (The drain would
         # hold for the grace period; a second signal ends the test's server below.)
@@ -203,7 +191,7 @@ def test_second_signal_exits_at_once(launch: Launch, test_repository: Path) -> N
         server.signal(signal.SIGTERM)
         # Two identical pending signals may merge into one: send the second only after
         # the first has been handled.
-        _wait_for_log(server, "SIGTERM: draining")
+        wait_for_log(server, "SIGTERM: draining", EXIT_TIMEOUT_S)
         assert server.process.poll() is None  # draining: waiting for the endless request
 
         server.signal(signal.SIGINT)
