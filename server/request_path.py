@@ -46,7 +46,7 @@ class Codec(Generic[W, R]):
     encode: Callable[[InferResponse, RequestRegions], R]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request, and frozen init costs a microsecond
 class InferCall(Generic[W]):
     """One request as its front door received it, with what the path needs before
     decoding it."""
@@ -95,7 +95,7 @@ class RequestPath:
     async def infer(self, call: InferCall[W], codec: Codec[W, R]) -> R:
         """Run one request to its one response, encoded."""
         self._engine.model_info(call.model, parse_version(call.version))
-        off_loop = await self._off_loop(call.regions)
+        off_loop = bool(call.regions) and await self._off_loop(call.regions)
         if self._tracing is None:
             with self._shm.request() as regions:
                 request = await _run(off_loop, codec.decode, call.request, call.deadline, regions)
@@ -131,7 +131,7 @@ class RequestPath:
         self._engine.model_info(call.model, parse_version(call.version))
         # Each response of a decoupled model writes its outputs into the same regions.
         with self._shm.request() as regions:
-            off_loop = await self._off_loop(call.regions)
+            off_loop = bool(call.regions) and await self._off_loop(call.regions)
             request = await _run(off_loop, codec.decode, call.request, call.deadline, regions)
             empty_final = request.options.empty_final_response
             trace = None
@@ -160,8 +160,6 @@ class RequestPath:
         """Fetch the regions a request names that this process does not know yet, and
         say whether its decode and encode leave the event loop: system regions are read
         and written with file I/O, CUDA ones in the engine."""
-        if not names:
-            return False
         await self._shm.prepare(names)
         return not names.isdisjoint(self._shm.names())
 

@@ -216,11 +216,12 @@ def _requested_output(
 def shared_memory_regions(request: pb.ModelInferRequest) -> set[str]:
     """The regions a request names (parameters not yet checked: decoding does that)."""
     names = set()
-    for parameters in (
-        *(tensor.parameters for tensor in request.inputs),
-        *(tensor.parameters for tensor in request.outputs),
-    ):
-        parameter = parameters.get("shared_memory_region")
+    for tensor in request.inputs:
+        parameter = tensor.parameters.get("shared_memory_region")
+        if parameter is not None:
+            names.add(parameter.string_param)
+    for output in request.outputs:
+        parameter = output.parameters.get("shared_memory_region")
         if parameter is not None:
             names.add(parameter.string_param)
     return names
