@@ -3,8 +3,7 @@
 # grpcio, protobuf and uvloop; Python 3.12), and records the machine in $OUT/env.txt.
 # Build the wheels here, before the call:
 #
-#   pip wheel --no-deps -w .whl . && pip download --no-deps -d .whl \
-#     grpcio-health-checking==1.76.0 grpcio-reflection==1.76.0 && \
+#   pip wheel --no-deps -w .whl . && \
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #     --platform manylinux2014_x86_64 -d .whl msgspec && \
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 \
