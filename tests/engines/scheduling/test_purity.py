@@ -13,7 +13,7 @@ FORBIDDEN = ("asyncio", "threading", "time", "grpc", "google.protobuf", "inferd.
 
 
 def _imports(path: Path) -> set[str]:
-    names = set()
+    names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
