@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -91,9 +92,19 @@ class RequestPath:
         self._engine = engine
         self._shm = shared_memory
         self._tracing = tracing  # None: tracing off, and no tracing work at all
+        # Requests between their lookup and their last response, from every front
+        # door: a drain waits for this to reach zero.
+        self.in_progress = 0
 
     async def infer(self, call: InferCall[W], codec: Codec[W, R]) -> R:
         """Run one request to its one response, encoded."""
+        self.in_progress += 1
+        try:
+            return await self._infer(call, codec)
+        finally:
+            self.in_progress -= 1
+
+    async def _infer(self, call: InferCall[W], codec: Codec[W, R]) -> R:
         self._engine.model_info(call.model, parse_version(call.version))
         off_loop = bool(call.regions) and await self._off_loop(call.regions)
         if self._tracing is None:
@@ -128,6 +139,18 @@ class RequestPath:
         before the model ran are raised. A bare final flag is yielded only when the
         request asked for it (``empty_final_response``). Closing the generator early
         aborts the request."""
+        self.in_progress += 1
+        try:
+            # Closed with this generator, so that closing early aborts the request now.
+            async with aclosing(self._stream(call, codec)) as items:
+                async for item in items:
+                    yield item
+        finally:
+            self.in_progress -= 1
+
+    async def _stream(
+        self, call: InferCall[W], codec: Codec[W, R]
+    ) -> AsyncGenerator[R | ErrorResponse]:
         self._engine.model_info(call.model, parse_version(call.version))
         # Each response of a decoupled model writes its outputs into the same regions.
         with self._shm.request() as regions:

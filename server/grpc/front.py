@@ -2,19 +2,21 @@
 reflection, listening on the configured addresses over the server's front services.
 
 Health says SERVING only while the engine is ready and no drain has begun; ``drain``
-turns it NOT_SERVING, ends health watches, stops taking RPCs and gives the ones in
-flight the grace period.
+turns it NOT_SERVING, ends health watches, runs every call received before it and
+refuses later ones with UNAVAILABLE (``drain.py`` says how), then stops the server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import grpc
 
 from inferd.protos import grpc_service_pb2_grpc
 from inferd.server.config import ServerConfig
+from inferd.server.grpc.drain import DrainGate
 from inferd.server.grpc.health import NOT_SERVING, SERVING, HealthServicer
 from inferd.server.grpc.reflection import INFERENCE_SERVICE, enable_reflection
 from inferd.server.grpc.servicer import InferenceServicer
@@ -46,6 +48,7 @@ class GrpcFront:
         self.config = config
         self._services = services
         self._health = HealthServicer()
+        self._gate = DrainGate()
         self._server: grpc.aio.Server | None = None
         self._engine_ready = False
         self._draining = False
@@ -58,6 +61,7 @@ class GrpcFront:
         server = grpc.aio.server(
             options=_grpc_options(self.config),
             maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
+            interceptors=[self._gate],
         )
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(self._services), server
@@ -86,13 +90,18 @@ class GrpcFront:
             await self._health.set(service, SERVING if serving else NOT_SERVING)
 
     async def drain(self) -> None:
-        """Not ready, no new RPCs; the ones in flight get the grace period."""
+        """Not ready; every call received so far is answered, later ones are refused
+        (UNAVAILABLE), all within the grace period; then the server stops."""
+        deadline = time.monotonic() + self.config.grace_period_s
         self._draining = True
         self._services.stop_serving()
+        if self._server is None:
+            return
+        self._gate.begin(self.addresses)
         await self._health.drain()
-        if self._server is not None:
-            await self._server.stop(self.config.grace_period_s)
-            self._server = None
+        await self._gate.wait(lambda: self._services.requests.in_progress, deadline)
+        await self._gate.stop(self._server, max(0.0, deadline - time.monotonic()))
+        self._server = None
 
 
 def _bind(server: grpc.aio.Server, address: str) -> str:

@@ -9,7 +9,8 @@ signals the server, it waits until the server says so instead of sleeping: such 
 load a probe (``PROBE``) that logs each ModelInfer as its handler starts. Nothing else
 would do: gRPC keeps no order between calls, not even on one connection, so an answer
 to a later "marker" RPC does not mean earlier requests have arrived; and a request that
-arrives as the drain begins is never started, and fails. Waits (for log lines, exits,
+arrives after the drain begins is refused (UNAVAILABLE). ``test_drain_under_load.py``
+drains a server with a closed loop of requests in flight. Waits (for log lines, exits,
 answers) are bounded so that a broken server fails the test, not hangs it.
 """
 
@@ -30,7 +31,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from inferd.clients import Client, UnavailableError
+from inferd.clients import Client
 from inferd.protos import grpc_service_pb2 as pb
 from inferd.protos import grpc_service_pb2_grpc as pb_grpc
 from tests.support.server_process import ServerProcess, probe_env
@@ -154,7 +155,9 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(
     assert log.index("SIGTERM: draining") < log.index("stopped")
 
 
-def test_new_connections_are_refused_while_draining(launch: Launch, test_repository: Path) -> None:
+def test_while_draining_readiness_says_no_and_new_inferences_are_refused(
+    launch: Launch, test_repository: Path
+) -> None:
     server = launch(test_repository, "--grace-period", "60", probe=True)
     channel, stub = _open(server.address)
     with channel:
@@ -165,13 +168,18 @@ def test_new_connections_are_refused_while_draining(launch: Launch, test_reposit
         server.signal(signal.SIGTERM)
         wait_for_log(server, "SIGTERM: draining", EXIT_TIMEOUT_S)
 
-        # Nobody listens any more: load balancers and clients move on. (The drain would
-        # hold for the grace period; a second signal ends the test's server below.)
-        with (
-            Client(server.address, timeout=RPC_TIMEOUT_S) as late,
-            pytest.raises(UnavailableError),
-        ):
-            late.is_server_ready()
+        # The server still answers while its last request runs: not ready, health
+        # NOT_SERVING, and an inference it will not run is refused with UNAVAILABLE
+        # (retryable elsewhere), never CANCELLED.
+        with Client(server.address, timeout=RPC_TIMEOUT_S) as late:
+            assert not late.is_server_ready()
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ModelInfer(_slow_request("late", 1.0, 1), timeout=RPC_TIMEOUT_S)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "shutting down" in str(refused.value.details())
+        health = health_pb2_grpc.HealthStub(channel)
+        check = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=RPC_TIMEOUT_S)
+        assert check.status == NOT_SERVING
         assert not running.done()
 
         server.signal(signal.SIGTERM)
