@@ -16,7 +16,7 @@ import grpc
 
 from inferd.protos import grpc_service_pb2_grpc
 from inferd.server.config import ServerConfig
-from inferd.server.grpc.drain import DrainGate
+from inferd.server.grpc.drain import DrainGate, FrontListeners, newest_server_id
 from inferd.server.grpc.health import NOT_SERVING, SERVING, HealthServicer
 from inferd.server.grpc.reflection import INFERENCE_SERVICE, enable_reflection
 from inferd.server.grpc.servicer import InferenceServicer
@@ -44,11 +44,16 @@ def _grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
 
 
 class GrpcFront:
-    def __init__(self, config: ServerConfig, services: FrontServices) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        services: FrontServices,
+        listeners: FrontListeners | None = None,  # None: the only front on its port
+    ) -> None:
         self.config = config
         self._services = services
         self._health = HealthServicer()
-        self._gate = DrainGate()
+        self._gate = DrainGate(listeners or FrontListeners())
         self._server: grpc.aio.Server | None = None
         self._engine_ready = False
         self._draining = False
@@ -61,10 +66,10 @@ class GrpcFront:
         server = grpc.aio.server(
             options=_grpc_options(self.config),
             maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
-            interceptors=[self._gate],
         )
+        self._gate.server_id = newest_server_id()
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self._services), server
+            InferenceServicer(self._services, self._gate), server
         )
         self._health.add_to_server(server)
         enable_reflection(server)
@@ -72,6 +77,7 @@ class GrpcFront:
             self.addresses.append(_bind(server, address))
         await self._update_health()
         await server.start()
+        self._gate.listeners.set(True)
         self._server = server
         logger.info("listening on %s", ", ".join(self.addresses))
 
@@ -97,9 +103,10 @@ class GrpcFront:
         self._services.stop_serving()
         if self._server is None:
             return
-        self._gate.begin(self.addresses)
+        requests = self._services.requests
+        self._gate.begin(requests.in_progress)
         await self._health.drain()
-        await self._gate.wait(lambda: self._services.requests.in_progress, deadline)
+        await self._gate.wait(lambda: requests.in_progress, deadline)
         await self._gate.stop(self._server, max(0.0, deadline - time.monotonic()))
         self._server = None
 

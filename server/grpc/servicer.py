@@ -13,6 +13,7 @@ from inferd.engines import TensorSpec
 from inferd.protos import grpc_service_pb2 as pb
 from inferd.protos import grpc_service_pb2_grpc as pb_grpc
 from inferd.server.grpc.codec import UNARY, shared_memory_regions
+from inferd.server.grpc.drain import DrainGate
 from inferd.server.grpc.repository import decode_load_request, decode_unload_request
 from inferd.server.grpc.statistics import encode_model_statistics
 from inferd.server.grpc.status import maps_engine_errors
@@ -41,9 +42,12 @@ def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, services: FrontServices) -> None:
+    """Inference and model-control RPCs ask ``gate`` first while a drain runs."""
+
+    def __init__(self, services: FrontServices, gate: DrainGate) -> None:
         self._services = services
         self._requests = services.requests
+        self._gate = gate
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
@@ -119,6 +123,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
+        if self._gate.draining and not self._gate.admits():
+            await self._gate.refuse(context)
         call = InferCall(
             request,
             request.model_name,
@@ -135,6 +141,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         request_iterator: AsyncIterator[pb.ModelInferRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        if self._gate.draining and not self._gate.admits():
+            await self._gate.refuse(context)
         call = StreamCall(self._requests, context)
         async for response in call.responses(request_iterator):
             yield response
@@ -154,6 +162,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def SystemSharedMemoryRegister(
         self, request: pb.SystemSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext
     ) -> pb.SystemSharedMemoryRegisterResponse:
+        if self._gate.draining and not self._gate.admits():
+            await self._gate.refuse(context)
         await self._services.shared_memory.register_region(
             request.name, request.key, request.offset, request.byte_size
         )
@@ -192,6 +202,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def CudaSharedMemoryRegister(
         self, request: pb.CudaSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext
     ) -> pb.CudaSharedMemoryRegisterResponse:
+        if self._gate.draining and not self._gate.admits():
+            await self._gate.refuse(context)
         await self._services.engine.register_cuda_region(
             request.name, request.raw_handle, request.device_id, request.byte_size
         )
@@ -208,6 +220,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelLoadResponse:
+        if self._gate.draining and not self._gate.admits():
+            await self._gate.refuse(context)
         await self._services.model_control.load(decode_load_request(request))
         return pb.RepositoryModelLoadResponse()
 
@@ -215,6 +229,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
+        if self._gate.draining and not self._gate.admits():
+            await self._gate.refuse(context)
         await self._services.model_control.unload(decode_unload_request(request))
         return pb.RepositoryModelUnloadResponse()
 

@@ -9,10 +9,12 @@ import logging
 import sys
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from multiprocessing.sharedctypes import SynchronizedArray
 from pathlib import Path
 
 from inferd.server.config import ServerConfig
 from inferd.server.engine_host import tracing_from_config
+from inferd.server.grpc.drain import FrontListeners
 from inferd.server.grpc.front import GrpcFront
 from inferd.server.ipc.events import FrontReady, send_event
 from inferd.server.ipc.process import prepare_child
@@ -32,6 +34,7 @@ class FrontRuntime:
     front_id: int
     epoch: int  # this front's incarnation (restarts count up)
     port: int  # resolved by the supervisor, which holds it for the server's lifetime
+    listening: SynchronizedArray[int]  # which fronts listen on the port, one slot each
 
 
 def front_config(config: ServerConfig, port: int) -> ServerConfig:
@@ -74,7 +77,7 @@ async def _serve(config: ServerConfig, runtime: FrontRuntime, events: Connection
         config.repository_poll_secs,
     )
     services = FrontServices(engine, shared_memory, tracing, control)
-    front = GrpcFront(config, services)
+    front = GrpcFront(config, services, FrontListeners(runtime.listening, runtime.front_id))
     engine.on_readiness = front.engine_readiness
     signals = ShutdownSignals(config.grace_period_s)
     signals.install()

@@ -124,6 +124,9 @@ class Supervisor:
         self._signals = 0
         self._engine = _Child("engine")
         self._fronts = [_Child(f"front {index}") for index in range(config.frontends)]
+        # Which fronts listen on the shared port, one slot each: a draining front
+        # answers its held refusals only once none does (inferd.server.grpc.drain).
+        self._listening = self._context.Array("b", config.frontends)
         self._announced = False
         self._engine_ever_ready = False
         self._exit_code = 0
@@ -187,7 +190,12 @@ class Supervisor:
         else:
             front_id = self._fronts.index(child)
             runtime = FrontRuntime(
-                self._socket_path, self._pid, front_id, child.incarnation, self._port
+                self._socket_path,
+                self._pid,
+                front_id,
+                child.incarnation,
+                self._port,
+                self._listening,
             )
             target = front_main  # type: ignore[assignment]
         process = self._context.Process(
@@ -260,6 +268,8 @@ class Supervisor:
         code = child.process.exitcode
         child.process.join()
         child.process, child.events, child.ready = None, None, False
+        if child in self._fronts:
+            self._listening[self._fronts.index(child)] = 0  # it may have died listening
         if self._stopping:
             return
         ran_s = time.monotonic() - child.started_at
