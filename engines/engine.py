@@ -15,7 +15,7 @@ from pathlib import Path
 from inferd.engines.catalog import CatalogEntry, ModelInfo, select_version
 from inferd.engines.client_memory.cuda import CudaRequestMemory, CudaSharedMemory
 from inferd.engines.errors import EngineError, ErrorCode
-from inferd.engines.model import ModelVersion
+from inferd.engines.model import ModelVersion, Submitted
 from inferd.engines.repository.loader import (
     LoadedModel,
     directory_stamp,
@@ -322,6 +322,20 @@ class Engine:
                 return response
         finally:
             self._release(model)
+
+    def submit(self, request: InferRequest) -> Submitted | None:
+        """``infer`` from a thread of the caller's own, with no event loop between it and
+        the model's instances; None where the request must go through ``infer`` (a
+        decoupled, sequence or ordered model, CUDA shared memory)."""
+        model = self._acquire(request.model_name, request.model_version)
+        try:
+            if not model.answers_threads or request.uses_cuda_shared_memory():
+                self._release(model)
+                return None
+            return model.submit(request, lambda: self._release(model))
+        except BaseException:
+            self._release(model)
+            raise
 
     async def infer_stream(
         self, request: InferRequest

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Mapping
+import concurrent.futures
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,6 +97,27 @@ class ModelVersion:
             device_outputs=prepared.device_outputs,
         )
         return self._response(request, prepared, results, final=True)
+
+    @property
+    def answers_threads(self) -> bool:
+        """Whether ``submit`` serves this version (else callers go through ``infer``)."""
+        return not self.decoupled and self.executor.answers_threads
+
+    def submit(self, request: InferRequest, on_end: Callable[[], None]) -> Submitted:
+        """``infer`` for a caller on its own thread: no event loop anywhere between
+        it and the instance. Only where ``answers_threads``. ``on_end`` is called once
+        the caller has the result (or the error), not if this raises."""
+        prepared = self._prepare(request)
+        future = self.executor.submit(
+            prepared.feed,
+            prepared.output_names,
+            prepared.pending,
+            request_id=request.request_id,
+            options=request.options,
+        )
+        return Submitted(
+            future, lambda results: self._response(request, prepared, results, True), on_end
+        )
 
     async def infer_stream(
         self, request: InferRequest
@@ -209,3 +231,32 @@ class ModelVersion:
 
     def close(self) -> None:
         self.executor.close()
+
+
+class Submitted:
+    """A request submitted from a thread (``ModelVersion.submit``): ``result`` waits
+    for its response; ``cancel``, from any thread, abandons it (a queued request is
+    removed, a running one is answered to nobody)."""
+
+    __slots__ = ("_future", "_on_end", "_respond")
+
+    def __init__(
+        self,
+        future: concurrent.futures.Future[dict[str, np.ndarray]],
+        respond: Callable[[Mapping[str, np.ndarray]], InferResponse],
+        on_end: Callable[[], None],
+    ) -> None:
+        self._future = future
+        self._respond = respond
+        self._on_end = on_end
+
+    def result(self) -> InferResponse:
+        """The response (call it once); raises the request's EngineError, or
+        CancelledError."""
+        try:
+            return self._respond(self._future.result())
+        finally:
+            self._on_end()
+
+    def cancel(self) -> None:
+        self._future.cancel()

@@ -194,6 +194,28 @@ class ModelStatistics:
             self._compute_infer_ns += compute_infer_ns
             self._compute_output_ns += compute_output_ns
 
+    def record_batch_success(
+        self,
+        requests: int,
+        rows: int,
+        queue_ns: int,
+        request_ns: int,
+        compute_input_ns: int,
+        compute_infer_ns: int,
+        compute_output_ns: int,
+    ) -> None:
+        """``requests`` of one batch answered successfully, under one lock: ``rows``,
+        ``queue_ns`` and ``request_ns`` summed over them, the compute times the batch's
+        (each request's share is the whole, as for ``record_success``)."""
+        with self._lock:
+            self._success_count += requests
+            self._inference_count += rows
+            self._request_ns += request_ns
+            self._queue_ns += queue_ns
+            self._compute_input_ns += compute_input_ns * requests
+            self._compute_infer_ns += compute_infer_ns * requests
+            self._compute_output_ns += compute_output_ns * requests
+
     def record_failure(self, request_ns: int, reason: FailureReason) -> None:
         """One request answered with an error after ``request_ns`` nanoseconds."""
         with self._lock:

@@ -54,10 +54,11 @@ _BATCH_NOTE = (
 class _Checker:
     def __init__(self, request: InferRequest) -> None:
         self.model = request.model_name
-        self.prefix = f"[request id: {request.request_id or '<id_unknown>'}] "
+        self._request_id = request.request_id
 
     def fail(self, message: str, *, prefixed: bool = True) -> EngineError:
-        return EngineError(ErrorCode.INVALID_ARGUMENT, (self.prefix if prefixed else "") + message)
+        prefix = f"[request id: {self._request_id or '<id_unknown>'}] " if prefixed else ""
+        return EngineError(ErrorCode.INVALID_ARGUMENT, prefix + message)
 
 
 def validate_request(

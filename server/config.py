@@ -99,6 +99,26 @@ class ServerConfig:
             type=int,
         ),
     )
+    grpc_front: str = field(
+        default="asyncio",
+        metadata=option(
+            "--grpc-front",
+            "the gRPC server: 'asyncio' (grpc.aio, one event loop) or 'threads' (grpc's "
+            "synchronous server: ModelInfer runs on its handler threads, cheaper per small "
+            "request; one process only) (%(default)s)",
+            choices=("asyncio", "threads"),
+        ),
+    )
+    grpc_threads: int = field(
+        default=16,
+        metadata=option(
+            "--grpc-threads",
+            "handler threads of --grpc-front threads: the RPCs it runs at once, open "
+            "streams included; more wait their turn (%(default)s)",
+            type=int,
+            metavar="N",
+        ),
+    )
     grace_period_s: float = field(
         default=30.0,
         metadata=option(

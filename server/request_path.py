@@ -41,10 +41,11 @@ Headers = Iterable[tuple[str, str | bytes]]  # gRPC metadata, HTTP headers
 @dataclass(frozen=True, slots=True)
 class Codec(Generic[W, R]):
     """A front door's wire format. ``decode`` reads inputs in system shared memory out
-    of ``regions`` and binds outputs asked for in one; ``encode`` writes those."""
+    of ``regions`` and binds outputs asked for in one; ``encode`` writes those. Both get
+    None for a request that names no region."""
 
-    decode: Callable[[W, float | None, RequestRegions], InferRequest]
-    encode: Callable[[InferResponse, RequestRegions], R]
+    decode: Callable[[W, float | None, RequestRegions | None], InferRequest]
+    encode: Callable[[InferResponse, RequestRegions | None], R]
 
 
 @dataclass(slots=True)  # not frozen: built per request, and frozen init costs a microsecond
@@ -100,12 +101,17 @@ class RequestPath:
         """Run one request to its one response, encoded."""
         self.in_progress += 1
         try:
-            return await self._infer(call, codec)
+            self._engine.model_info(call.model, parse_version(call.version))
+            if call.regions or self._tracing is not None:
+                return await self._infer_with_extras(call, codec)
+            # The common case, in as few steps as it takes: no shared memory, no trace.
+            request = codec.decode(call.request, call.deadline, None)
+            return codec.encode(await self._engine.infer(request), None)
         finally:
             self.in_progress -= 1
 
-    async def _infer(self, call: InferCall[W], codec: Codec[W, R]) -> R:
-        self._engine.model_info(call.model, parse_version(call.version))
+    async def _infer_with_extras(self, call: InferCall[W], codec: Codec[W, R]) -> R:
+        """``infer`` for a request that names shared-memory regions, or with tracing on."""
         off_loop = bool(call.regions) and await self._off_loop(call.regions)
         if self._tracing is None:
             with self._shm.request() as regions:

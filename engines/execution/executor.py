@@ -11,6 +11,7 @@ results through ``loop.call_soon_threadsafe``; model code never runs on it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import logging
@@ -51,6 +52,11 @@ Outputs = dict[str, np.ndarray]
 GPU_GIL_SWITCH_INTERVAL_S = 0.0005
 
 
+# A request's answer: an asyncio future resolved on its event loop, or, for a caller on a
+# thread of its own (``submit``), a concurrent future resolved by the instance thread.
+AnswerFuture = asyncio.Future[Outputs] | concurrent.futures.Future[Outputs]
+
+
 @dataclass(slots=True)
 class Job:
     """One request's work, from the moment it is queued until it is answered."""
@@ -58,8 +64,8 @@ class Job:
     pending: PendingRequest
     inputs: Mapping[str, np.ndarray]
     output_names: tuple[str, ...]
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[Outputs]
+    loop: asyncio.AbstractEventLoop | None  # None: answered on the thread that has it
+    future: AnswerFuture
     sequence: int  # arrival order, for preserve_ordering
     queued_ns: int  # time.perf_counter_ns() when queued
     trace: object | None = None  # the front end's handle, for the BatchObserver
@@ -96,13 +102,16 @@ class ResponseOrder:
                 _resolve(ready_future, ready_result)
 
 
-def _resolve(future: asyncio.Future[Outputs], result: Outputs | BaseException) -> None:
+def _resolve(future: AnswerFuture, result: Outputs | BaseException) -> None:
     if future.done():  # the caller went away (cancelled) while the model ran
         return
-    if isinstance(result, BaseException):
-        future.set_exception(result)
-    else:
-        future.set_result(result)
+    try:
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+    except concurrent.futures.InvalidStateError:
+        pass  # a concurrent future, cancelled by another thread since the check
 
 
 class BatchingExecutor:
@@ -133,6 +142,14 @@ class BatchingExecutor:
             for instance in instances
         )
         self._scheduler = Scheduler(policy, queue_capacity)
+        # Which instances run a batch now, on their own thread or on a submitting one's.
+        self._busy = [False] * len(self._instances)
+        # CPU tensor instances may run a batch on the thread that submits it (``submit``):
+        # no wake-up of an instance thread and no hand-back, two thread switches fewer.
+        self._runs_on_callers = [
+            isinstance(instance, BackendInstance) and device == "cpu"
+            for instance, device in zip(self._instances, self._devices, strict=True)
+        ]
         self._statistics = statistics
         self._clock = clock
         self._jobs: dict[int, Job] = {}
@@ -183,40 +200,101 @@ class BatchingExecutor:
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outputs] = loop.create_future()
+        self._enqueue(
+            Job(pending, inputs, tuple(output_names), loop, future, 0, 0, trace, request_id,
+                options, stream, device_outputs)
+        )  # fmt: skip
+        return await future
+
+    @property
+    def answers_threads(self) -> bool:
+        """Whether ``submit`` serves this executor: not where answers must leave in
+        arrival order (kept on the event loop) or a subclass schedules otherwise."""
+        return self._order is None and type(self)._queue is BatchingExecutor._queue
+
+    def submit(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        output_names: Sequence[str],
+        pending: PendingRequest,
+        *,
+        request_id: str = "",
+        options: RequestOptions = DEFAULT_OPTIONS,
+    ) -> concurrent.futures.Future[Outputs]:
+        """``run`` for a caller on its own thread (a synchronous front door): the
+        future resolves on the instance thread, with no event loop between; cancelling
+        it, from any thread, removes a request still queued. Only where
+        ``answers_threads``."""
+        assert self.answers_threads, f"model '{self._label}' answers on its event loop"
+        future: concurrent.futures.Future[Outputs] = concurrent.futures.Future()
+        claimed = self._enqueue(
+            Job(pending, inputs, tuple(output_names), None, future, 0, 0, None, request_id,
+                options),
+            caller_may_run=True,
+        )  # fmt: skip
+        if claimed is not None:
+            index, jobs = claimed
+            instance = self._instances[index]
+            assert isinstance(instance, BackendInstance)
+            try:
+                self._execute(index, instance, jobs)
+                self._batch_ended(jobs)
+            finally:
+                with self._changed:
+                    self._busy[index] = False
+                    if self._jobs:  # queued meanwhile: its instance thread slept on it
+                        self._changed.notify()
+        return future
+
+    def _enqueue(self, job: Job, caller_may_run: bool = False) -> tuple[int, list[Job]] | None:
+        """Queue ``job`` (or raise why not); from now on its future will be resolved.
+        With ``caller_may_run``, a batch ready now on a free CPU instance is claimed for
+        the caller to run: (instance index, jobs)."""
+        pending = job.pending
+        claimed = None
         with self._changed:
             if self._closed:
                 raise EngineError(ErrorCode.UNAVAILABLE, f"model '{self._label}' is unloading")
             pending.key = next(self._keys)
             pending.arrival = self._clock()
             try:
-                self._queue(pending, options)
+                self._queue(pending, job.options)
             except QueueFull:
                 self._statistics.record_failure(0, FailureReason.REJECTED)
                 raise
             self._statistics.request_queued()
-            job = Job(
-                pending,
-                inputs,
-                tuple(output_names),
-                loop,
-                future,
-                next(self._sequences),
-                time.perf_counter_ns(),
-                trace,
-                request_id,
-                options,
-                stream,
-                device_outputs,
-            )
+            job.sequence = next(self._sequences)
+            job.queued_ns = time.perf_counter_ns()
             self._jobs[pending.key] = job
-            self._wake_instances()
+            if caller_may_run:
+                claimed = self._claim_for_caller()
+            if claimed is None:
+                self._wake_instances()
             # Wake the timer only when this request expires before it was going to look:
             # most requests carry no deadline, and a wake-up per request costs throughput.
             due = self._next_expiry()
             if due is not None and (self._timer_due is None or due < self._timer_due):
                 self._expiry_changed.notify()
-        future.add_done_callback(lambda done: self._on_done(job, done))
-        return await future
+        job.future.add_done_callback(lambda done: self._on_done(job, done))
+        return claimed
+
+    def _claim_for_caller(self) -> tuple[int, list[Job]] | None:
+        """Under the lock: a free CPU instance and the batch the scheduler hands it now,
+        or None (every such instance is busy, or the batch should wait to fill: an
+        instance thread then times it)."""
+        for index, runs_here in enumerate(self._runs_on_callers):
+            if runs_here and not self._busy[index]:
+                break
+        else:
+            return None
+        schedule = self._scheduler.schedule(self._clock())
+        self._answer_rejections(schedule.rejected)
+        if not schedule.batch:
+            return None
+        for _ in schedule.batch:
+            self._statistics.request_dequeued()
+        self._busy[index] = True
+        return index, [self._jobs.pop(request.key) for request in schedule.batch]
 
     # Hooks where a scheduler other than the dynamic batcher plugs in (sequence_executor).
 
@@ -246,7 +324,7 @@ class BatchingExecutor:
         called on the thread that produced them."""
         return outputs
 
-    def _on_done(self, job: Job, future: asyncio.Future[Outputs]) -> None:
+    def _on_done(self, job: Job, future: AnswerFuture) -> None:
         if not future.cancelled():
             return
         with self._changed:
@@ -258,23 +336,43 @@ class BatchingExecutor:
             elapsed = time.perf_counter_ns() - job.queued_ns
             self._statistics.record_failure(elapsed, FailureReason.CANCELED)
         if self._order is not None:
+            assert isinstance(future, asyncio.Future)  # submit() refuses ordered models
             self._order.complete(job.sequence, future, None)
 
     def _answer(self, job: Job, result: Outputs | BaseException) -> None:
-        """Hand a result to the event loop (in arrival order under preserve_ordering)."""
-        if self._order is not None:
-            callback: Callable[..., None] = self._order.complete
-            args: tuple = (job.sequence, job.future, result)
-        else:
-            callback, args = _resolve, (job.future, result)
-        # RuntimeError: the loop closed while the model ran, so nobody waits.
-        with contextlib.suppress(RuntimeError):
-            job.loop.call_soon_threadsafe(callback, *args)
+        self._answer_all([(job, result)])
+
+    def _answer_all(self, answers: list[tuple[Job, Outputs | BaseException]]) -> None:
+        """Hand results over: a thread's future here, loop futures in one callback per
+        event loop (one wake-up of the loop per batch, not per request)."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, Outputs | BaseException]]] = {}
+        for job, result in answers:
+            if job.loop is None:  # a thread waits on a concurrent future: resolve it here
+                _resolve(job.future, result)
+            else:
+                by_loop.setdefault(job.loop, []).append((job, result))
+        for loop, delivered in by_loop.items():
+            # RuntimeError: the loop closed while the model ran, so nobody waits.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._deliver, delivered)
+
+    def _deliver(self, answers: list[tuple[Job, Outputs | BaseException]]) -> None:
+        """On the event loop: resolve the futures (in arrival order under
+        preserve_ordering)."""
+        for job, result in answers:
+            if self._order is not None:
+                assert isinstance(job.future, asyncio.Future)
+                self._order.complete(job.sequence, job.future, result)
+            else:
+                _resolve(job.future, result)
 
     def _next_batch(self, index: int) -> list[Job] | None:
         """Block until the scheduler hands this instance a batch; None when closing."""
         with self._changed:
             while not self._closed:
+                if self._busy[index]:  # a submitting thread runs a batch on it
+                    self._changed.wait()
+                    continue
                 schedule = self._scheduler.schedule(self._clock())
                 self._answer_rejections(schedule.rejected)
                 if schedule.batch:
@@ -282,6 +380,7 @@ class BatchingExecutor:
                         self._statistics.request_dequeued()
                     if schedule.wake_at is not None and schedule.wake_at <= self._clock():
                         self._changed.notify()  # more is ready: wake another free instance
+                    self._busy[index] = True
                     return [self._jobs.pop(request.key) for request in schedule.batch]
                 timeout = None if schedule.wake_at is None else schedule.wake_at - self._clock()
                 if timeout is None or timeout > 0:
@@ -309,11 +408,15 @@ class BatchingExecutor:
 
     def _run_instance(self, index: int, instance: BackendInstance | RequestInstance) -> None:
         while (jobs := self._next_batch(index)) is not None:
-            if isinstance(instance, RequestInstance):
-                self._execute_requests(index, instance, jobs)
-            else:
-                self._execute(index, instance, jobs)
-            self._batch_ended(jobs)
+            try:
+                if isinstance(instance, RequestInstance):
+                    self._execute_requests(index, instance, jobs)
+                else:
+                    self._execute(index, instance, jobs)
+                self._batch_ended(jobs)
+            finally:
+                with self._changed:
+                    self._busy[index] = False
         instance.close()
 
     def _execute_requests(self, index: int, instance: RequestInstance, jobs: list[Job]) -> None:
@@ -389,7 +492,7 @@ class BatchingExecutor:
             )
             for job in jobs:
                 self._statistics.record_failure(now_ns - job.queued_ns, FailureReason.BACKEND)
-                self._answer(job, exc)
+            self._answer_all([(job, exc) for job in jobs])
             return
         done_ns = time.perf_counter_ns()
         # Observed before answering: a traced request's span ends with its answer.
@@ -397,17 +500,21 @@ class BatchingExecutor:
         self._statistics.record_execution(
             sum(rows), infer_ns - started_ns, output_ns - infer_ns, done_ns - output_ns
         )
+        queued_ns = sum(job.queued_ns for job in jobs)
+        self._statistics.record_batch_success(
+            requests=len(jobs),
+            rows=sum(rows),
+            queue_ns=started_ns * len(jobs) - queued_ns,
+            request_ns=done_ns * len(jobs) - queued_ns,
+            compute_input_ns=infer_ns - started_ns,
+            compute_infer_ns=output_ns - infer_ns,
+            compute_output_ns=done_ns - output_ns,
+        )
+        answers: list[tuple[Job, Outputs | BaseException]] = []
         for job, outputs_of_job in zip(jobs, per_request, strict=True):
-            self._statistics.record_success(
-                rows=job.pending.rows,
-                queue_ns=started_ns - job.queued_ns,
-                compute_input_ns=infer_ns - started_ns,
-                compute_infer_ns=output_ns - infer_ns,
-                compute_output_ns=done_ns - output_ns,
-                request_ns=done_ns - job.queued_ns,
-            )
             outputs_of_job = self._take_outputs(job, outputs_of_job)
-            self._answer(job, {name: outputs_of_job[name] for name in job.output_names})
+            answers.append((job, {name: outputs_of_job[name] for name in job.output_names}))
+        self._answer_all(answers)
 
     def _observe(
         self,

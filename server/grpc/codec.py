@@ -216,14 +216,12 @@ def _requested_output(
 def shared_memory_regions(request: pb.ModelInferRequest) -> set[str]:
     """The regions a request names (parameters not yet checked: decoding does that)."""
     names = set()
-    for tensor in request.inputs:
-        parameter = tensor.parameters.get("shared_memory_region")
-        if parameter is not None:
-            names.add(parameter.string_param)
-    for output in request.outputs:
-        parameter = output.parameters.get("shared_memory_region")
-        if parameter is not None:
-            names.add(parameter.string_param)
+    for tensors in (request.inputs, request.outputs):
+        for tensor in tensors:
+            if tensor.parameters:  # most tensors have none: skip the lookup
+                parameter = tensor.parameters.get("shared_memory_region")
+                if parameter is not None:
+                    names.add(parameter.string_param)
     return names
 
 

@@ -33,8 +33,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from multiprocessing.sharedctypes import SynchronizedArray
 from typing import NoReturn
@@ -91,7 +92,11 @@ class DrainGate:
         self.server_id: int | None = None  # the server's channelz id
         self._admit = 0  # calls core held, not yet taken, when the drain began
         self._taken = 0  # refusable calls taken while draining
-        self._stopping = asyncio.Event()  # the server's stop has begun: answer refusals
+        self._lock = threading.Lock()  # the threads front admits from handler threads
+        # No front of this server listens any more: answer the held refusals (held on the
+        # loop, or on handler threads for the threads front).
+        self._stopping = asyncio.Event()
+        self._stopping_threads = threading.Event()
 
     def admits(self) -> bool:
         """For a refusable call taken while draining: does it run? Core hands calls
@@ -106,6 +111,12 @@ class DrainGate:
             await asyncio.wait_for(self._stopping.wait(), PARK_S)
         await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING_MESSAGE)
         raise AssertionError("abort raises")  # for type checkers: abort never returns
+
+    def refuse_blocking(self, context: grpc.ServicerContext) -> NoReturn:
+        """``refuse`` on a handler thread of grpc's synchronous server."""
+        self._stopping_threads.wait(PARK_S)
+        context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING_MESSAGE)
+        raise AssertionError("abort raises")
 
     def begin(self, in_progress: int) -> None:
         """The drain begins, with ``in_progress`` requests running."""
@@ -138,16 +149,17 @@ class DrainGate:
                 return
             await asyncio.sleep(_TICK_S)
 
-    async def stop(self, server: grpc.aio.Server, grace_s: float) -> None:
-        """gRPC's stop (GOAWAY first); the held refusals are answered once no front of
-        this server listens."""
-        stopping = asyncio.ensure_future(server.stop(grace_s))
+    async def stop(self, stop: Callable[[float], Awaitable[None]], grace_s: float) -> None:
+        """gRPC's stop (``stop(grace_s)``: GOAWAY first); the held refusals are
+        answered once no front of this server listens."""
+        stopping = asyncio.ensure_future(stop(grace_s))
         await asyncio.sleep(_TICK_S)  # core has begun its shutdown: GOAWAY is on its way
         self.listeners.set(False)
         release_by = time.monotonic() + PARK_S
         while self.listeners.any() and time.monotonic() < release_by:
             await asyncio.sleep(_TICK_S)
         self._stopping.set()
+        self._stopping_threads.set()
         await stopping
 
 

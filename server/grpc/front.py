@@ -11,15 +11,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
-from inferd.protos import grpc_service_pb2_grpc
+from inferd.engines.client import InProcessEngineClient
+from inferd.protos import grpc_service_pb2_grpc, health_pb2_grpc
 from inferd.server.config import ServerConfig
 from inferd.server.grpc.drain import DrainGate, FrontListeners, newest_server_id
-from inferd.server.grpc.health import NOT_SERVING, SERVING, HealthServicer
-from inferd.server.grpc.reflection import INFERENCE_SERVICE, enable_reflection
+from inferd.server.grpc.health import (
+    HEALTH_SERVICE_DESCRIPTOR,
+    NOT_SERVING,
+    SERVING,
+    HealthServicer,
+)
+from inferd.server.grpc.loop_bridge import LoopBridge, bridged
+from inferd.server.grpc.reflection import (
+    INFERENCE_SERVICE,
+    REFLECTION_SERVICE_DESCRIPTOR,
+    reflection_servicers,
+)
 from inferd.server.grpc.servicer import InferenceServicer
+from inferd.server.grpc.threaded import ThreadedInferenceServicer
 from inferd.server.services import FrontServices
 
 logger = logging.getLogger("inferd.server")
@@ -44,17 +58,23 @@ def _grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
 
 
 class GrpcFront:
+    """``config.grpc_front`` picks the server: grpc.aio on this event loop, or grpc's
+    synchronous server whose handler threads run ModelInfer (``threaded.py``)."""
+
     def __init__(
         self,
         config: ServerConfig,
         services: FrontServices,
         listeners: FrontListeners | None = None,  # None: the only front on its port
     ) -> None:
+        if config.grpc_threads < 1:
+            raise ValueError(f"--grpc-threads must be at least 1, got {config.grpc_threads}")
         self.config = config
         self._services = services
         self._health = HealthServicer()
         self._gate = DrainGate(listeners or FrontListeners())
-        self._server: grpc.aio.Server | None = None
+        self._stop: Callable[[float], Awaitable[None]] | None = None  # the server's stop
+        self._threaded: ThreadedInferenceServicer | None = None
         self._engine_ready = False
         self._draining = False
         self._health_update: asyncio.Task[None] | None = None
@@ -63,6 +83,28 @@ class GrpcFront:
     async def start(self) -> None:
         """Listen (health NOT_SERVING until the engine is ready); raises OSError
         naming the address when one cannot be bound."""
+        if self.config.grpc_front == "threads":
+            server: grpc.Server | grpc.aio.Server = self._threads_server()
+        else:
+            server = self._asyncio_server()
+        for address in self.config.addresses():
+            self.addresses.append(_bind(server, address))
+        await self._update_health()
+        if isinstance(server, grpc.aio.Server):
+            await server.start()
+            self._stop = server.stop
+        else:
+            server.start()
+            threads_server = server
+
+            async def stop(grace_s: float) -> None:
+                await asyncio.to_thread(threads_server.stop(grace_s).wait)
+
+            self._stop = stop
+        self._gate.listeners.set(True)
+        logger.info("listening on %s", ", ".join(self.addresses))
+
+    def _asyncio_server(self) -> grpc.aio.Server:
         server = grpc.aio.server(
             options=_grpc_options(self.config),
             maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
@@ -71,15 +113,37 @@ class GrpcFront:
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(self._services, self._gate), server
         )
-        self._health.add_to_server(server)
-        enable_reflection(server)
-        for address in self.config.addresses():
-            self.addresses.append(_bind(server, address))
-        await self._update_health()
-        await server.start()
-        self._gate.listeners.set(True)
-        self._server = server
-        logger.info("listening on %s", ", ".join(self.addresses))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        for servicer, add in reflection_servicers():
+            add(servicer, server)
+        return server
+
+    def _threads_server(self) -> grpc.Server:
+        server = grpc.server(
+            ThreadPoolExecutor(self.config.grpc_threads, thread_name_prefix="inferd-grpc"),
+            options=_grpc_options(self.config),
+            maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
+        )
+        self._gate.server_id = newest_server_id()
+        bridge = LoopBridge(asyncio.get_running_loop())
+        engine = self._services.engine
+        self._threaded = ThreadedInferenceServicer(
+            self._services,
+            self._gate,
+            bridge,
+            engine.engine if isinstance(engine, InProcessEngineClient) else None,
+        )
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self._threaded, server)
+        health_pb2_grpc.add_HealthServicer_to_server(
+            bridged(self._health, HEALTH_SERVICE_DESCRIPTOR, bridge), server
+        )
+        for servicer, add in reflection_servicers():
+            add(bridged(servicer, REFLECTION_SERVICE_DESCRIPTOR, bridge), server)
+        return server
+
+    def _in_progress(self) -> int:
+        threaded = self._threaded.in_progress if self._threaded is not None else 0
+        return self._services.requests.in_progress + threaded
 
     async def set_engine_ready(self, ready: bool) -> None:
         """The engine came or went (it may live in another process): health follows."""
@@ -101,17 +165,16 @@ class GrpcFront:
         deadline = time.monotonic() + self.config.grace_period_s
         self._draining = True
         self._services.stop_serving()
-        if self._server is None:
+        if self._stop is None:
             return
-        requests = self._services.requests
-        self._gate.begin(requests.in_progress)
+        self._gate.begin(self._in_progress())
         await self._health.drain()
-        await self._gate.wait(lambda: requests.in_progress, deadline)
-        await self._gate.stop(self._server, max(0.0, deadline - time.monotonic()))
-        self._server = None
+        await self._gate.wait(self._in_progress, deadline)
+        await self._gate.stop(self._stop, max(0.0, deadline - time.monotonic()))
+        self._stop = None
 
 
-def _bind(server: grpc.aio.Server, address: str) -> str:
+def _bind(server: grpc.Server | grpc.aio.Server, address: str) -> str:
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as exc:

@@ -25,6 +25,7 @@ from inferd.protos import health_pb2, health_pb2_grpc
 ServingStatus: TypeAlias = "health_pb2.HealthCheckResponse.ServingStatus"
 SERVING: ServingStatus = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING: ServingStatus = health_pb2.HealthCheckResponse.NOT_SERVING
+HEALTH_SERVICE_DESCRIPTOR = health_pb2.DESCRIPTOR.services_by_name["Health"]
 
 
 class HealthServicer(health_pb2_grpc.HealthServicer):
@@ -62,9 +63,6 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
             if not self._draining:
                 self._status[service] = status
                 self._changed.notify_all()
-
-    def add_to_server(self, server: grpc.aio.Server) -> None:
-        health_pb2_grpc.add_HealthServicer_to_server(self, server)
 
     async def drain(self) -> None:
         """Every service NOT_SERVING from now on; open watches get that and end."""

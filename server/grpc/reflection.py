@@ -16,7 +16,7 @@ gRPC's reference servicer uses, and the stream goes on.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -161,17 +161,26 @@ class ReflectionServicer:
             raise _NoAnswer(grpc.StatusCode.NOT_FOUND, f"no message type '{name}'") from None
 
 
-def enable_reflection(server: grpc.aio.Server) -> None:
-    """Serve reflection, v1 and v1alpha, for the inference, health and reflection services."""
+def reflection_servicers() -> list[tuple[ReflectionServicer, Callable[[Any, Any], None]]]:
+    """Reflection, v1 and v1alpha, for the inference, health and reflection services:
+    each servicer with the function that adds it to a server."""
     services = (
         INFERENCE_SERVICE,
         HEALTH_SERVICE,
         REFLECTION_V1_SERVICE,
         REFLECTION_V1ALPHA_SERVICE,
     )
-    reflection_v1_pb2_grpc.add_ServerReflectionServicer_to_server(
-        ReflectionServicer(reflection_v1_pb2, services, POOL), server
-    )
-    reflection_v1alpha_pb2_grpc.add_ServerReflectionServicer_to_server(
-        ReflectionServicer(reflection_v1alpha_pb2, services, POOL), server
-    )
+    return [
+        (
+            ReflectionServicer(reflection_v1_pb2, services, POOL),
+            reflection_v1_pb2_grpc.add_ServerReflectionServicer_to_server,
+        ),
+        (
+            ReflectionServicer(reflection_v1alpha_pb2, services, POOL),
+            reflection_v1alpha_pb2_grpc.add_ServerReflectionServicer_to_server,
+        ),
+    ]
+
+
+# The two versions' services have the same methods; either describes both for bridging.
+REFLECTION_SERVICE_DESCRIPTOR = reflection_v1_pb2.DESCRIPTOR.services_by_name["ServerReflection"]

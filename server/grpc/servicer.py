@@ -35,7 +35,7 @@ def _tensor_metadata(
     ]
 
 
-def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+def deadline_of(context: grpc.aio.ServicerContext | grpc.ServicerContext) -> float | None:
     """The call's deadline as time.monotonic(), None when the client set none."""
     remaining = context.time_remaining()
     return time.monotonic() + remaining if remaining is not None else None

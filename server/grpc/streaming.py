@@ -65,7 +65,7 @@ def _error_response(
 
 
 def _stream_response(
-    response: InferResponse, regions: RequestRegions
+    response: InferResponse, regions: RequestRegions | None
 ) -> pb.ModelStreamInferResponse:
     message = encode_infer_response(response, regions)
     message.parameters[FINAL_RESPONSE].bool_param = response.final

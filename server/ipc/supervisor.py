@@ -67,6 +67,11 @@ def check_config(config: ServerConfig) -> ServerConfig:
             "--unix-socket serves from one process: a Unix socket cannot be shared between "
             "front processes (use --frontends 1)"
         )
+    if config.grpc_front == "threads":
+        raise ValueError(
+            "--grpc-front threads serves from one process (its handler threads run requests "
+            "on the engine in that process): with --frontends N use --grpc-front asyncio"
+        )
     check_switch_interval(config)
     _check_shm_room(config.frontends * 2 * config.ring_bytes)
     startup_models(ModelControlMode(config.model_control_mode), config.load_models)

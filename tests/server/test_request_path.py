@@ -28,7 +28,9 @@ WAIT_S = 60.0  # bound on each call; the models answer in milliseconds
 Message = dict[str, Any]
 
 
-def _decode(message: Message, deadline: float | None, regions: RequestRegions) -> InferRequest:
+def _decode(
+    message: Message, deadline: float | None, regions: RequestRegions | None
+) -> InferRequest:
     return InferRequest(
         model_name=message["model"],
         model_version=parse_version(message.get("version", "")),
@@ -42,7 +44,7 @@ def _decode(message: Message, deadline: float | None, regions: RequestRegions) -
     )
 
 
-def _encode(response: InferResponse, regions: RequestRegions) -> Message:
+def _encode(response: InferResponse, regions: RequestRegions | None) -> Message:
     outputs = {output.name: output.data.tolist() for output in response.outputs}
     return {"model": response.model_name, "outputs": outputs, "final": response.final}
 
@@ -50,7 +52,7 @@ def _encode(response: InferResponse, regions: RequestRegions) -> Message:
 DICTS = Codec(_decode, _encode)
 
 
-def _never_decoded(message: Message, deadline: float | None, regions: RequestRegions) -> Any:
+def _never_decoded(message: Message, deadline: float | None, regions: RequestRegions | None) -> Any:
     raise AssertionError("the request was decoded before its model was looked up")
 
 
