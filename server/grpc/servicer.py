@@ -36,9 +36,15 @@ def _tensor_metadata(
 
 
 def deadline_of(context: grpc.aio.ServicerContext | grpc.ServicerContext) -> float | None:
-    """The call's deadline as time.monotonic(), None when the client set none."""
+    """The call's deadline as time.monotonic(), None when the client set none (grpc.aio
+    says None; grpc's synchronous server says about 2**63 seconds)."""
     remaining = context.time_remaining()
-    return time.monotonic() + remaining if remaining is not None else None
+    if remaining is None or remaining > _NO_DEADLINE_S:
+        return None
+    return time.monotonic() + remaining
+
+
+_NO_DEADLINE_S = 1e9  # about 30 years: no client means that
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):

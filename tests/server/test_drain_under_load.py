@@ -4,7 +4,7 @@ mid-run, and every outcome classified.
 Each request either completes or is refused with UNAVAILABLE (retryable: the server did
 no work for it), never CANCELLED or anything else. The calls gRPC core had received when
 the drain began run (the server logs how many were still waiting to be taken), and so
-do those it had already taken. One process and ``--frontends 2`` alike.
+do those it had already taken. One process, ``--frontends 2`` and the threads front.
 
 Counts, not timing: the signal goes after a number of answers, the loop ends when the
 server has exited, and every wait is bounded so that a broken drain fails the test.
@@ -73,7 +73,11 @@ async def _drive(server: ServerProcess) -> Counter[tuple[str, str]]:
     return outcomes
 
 
-@pytest.mark.parametrize("mode", [(), ("--frontends", "2")], ids=["one-process", "frontends-2"])
+@pytest.mark.parametrize(
+    "mode",
+    [(), ("--frontends", "2"), ("--grpc-front", "threads")],
+    ids=["one-process", "frontends-2", "threads-front"],
+)
 def test_sigterm_with_64_in_flight_completes_or_refuses_every_request(
     demo_repository: Path, mode: tuple[str, ...]
 ) -> None:

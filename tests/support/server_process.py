@@ -119,10 +119,11 @@ def serve(repository: Path | None, *args: str) -> Iterator[ServerProcess]:
 PROBE = """
 import logging
 
-from inferd.server.grpc import servicer
+from inferd.server.grpc import servicer, threaded
 
 _log = logging.getLogger("inferd.test-probe")
 _model_infer = servicer.InferenceServicer.ModelInfer
+_threaded_model_infer = threaded.ThreadedInferenceServicer.ModelInfer
 
 
 async def ModelInfer(self, request, context):
@@ -130,7 +131,13 @@ async def ModelInfer(self, request, context):
     return await _model_infer(self, request, context)
 
 
+def threaded_model_infer(self, request, context):  # --grpc-front threads
+    _log.warning("probe: ModelInfer %s started", request.id)
+    return _threaded_model_infer(self, request, context)
+
+
 servicer.InferenceServicer.ModelInfer = ModelInfer
+threaded.ThreadedInferenceServicer.ModelInfer = threaded_model_infer
 """
 
 

@@ -34,19 +34,25 @@ INT32_BYTES = 16 * 4  # one row of `simple`'s INT32 [16] tensors
 
 # Every test over a server runs against one process and against two front processes,
 # whose registrations live in the engine process and are mirrored by each front.
-FRONTENDS = ["1", "2"]
+# One process (both gRPC fronts: the threads front hands shared-memory requests to its
+# event loop) and front processes.
+SERVER_MODES = {
+    "frontends-1": ("--frontends", "1"),
+    "frontends-2": ("--frontends", "2"),
+    "threads-front": ("--grpc-front", "threads"),
+}
 
 
-@pytest.fixture(scope="module", params=FRONTENDS, ids=lambda n: f"frontends-{n}")
+@pytest.fixture(scope="module", params=list(SERVER_MODES.values()), ids=list(SERVER_MODES))
 def shm_server(demo_repository: Path, request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
-    yield from serve(demo_repository, "--allow-client-shm", "--frontends", request.param)
+    yield from serve(demo_repository, "--allow-client-shm", *request.param)
 
 
-@pytest.fixture(scope="module", params=FRONTENDS, ids=lambda n: f"frontends-{n}")
+@pytest.fixture(scope="module", params=list(SERVER_MODES.values()), ids=list(SERVER_MODES))
 def shm_test_server(
     test_repository: Path, request: pytest.FixtureRequest
 ) -> Iterator[ServerProcess]:
-    yield from serve(test_repository, "--allow-client-shm", "--frontends", request.param)
+    yield from serve(test_repository, "--allow-client-shm", *request.param)
 
 
 @pytest.fixture
@@ -581,7 +587,7 @@ def test_unregister_closes_the_servers_descriptor(
     # One process holds it, or the engine process and each front's mirror (the front that
     # did not answer the RPC mirrors the change a moment later).
     command = cast(list[str], shm_server.process.args)
-    holders = 1 if "--frontends 1" in " ".join(command) else 3
+    holders = 3 if "--frontends 2" in " ".join(command) else 1
     wait_until(
         lambda: _descriptors_on(shm_server, key) == holders,
         f"{holders} descriptors of the region open",
