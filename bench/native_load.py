@@ -295,22 +295,27 @@ def measure_server(
     return windows
 
 
+# The inferd rows when --inferd-args is not given: each gRPC front, one process.
+DEFAULT_INFERD_VARIANTS = ("", "--grpc-front threads")
+
+
 def servers(args: argparse.Namespace) -> dict[str, Callable[[], PinnedServer]]:
     """Name -> how to start it pinned to the server core: inferd, the echo servicers and,
     with --mlserver, MLServer in its own environment (built first if need be)."""
     from inferd.engines.demo.repository import cached_demo_repository
 
     repository = cached_demo_repository()
-    inferd_args = shlex.split(args.inferd_args)
-    label = f"inferd {' '.join(inferd_args)}".strip()
 
-    def inferd() -> PinnedServer:
-        return PinnedServer.inferd(repository, args.server_core, *inferd_args)
+    def inferd(extra: list[str]) -> Callable[[], PinnedServer]:
+        return lambda: PinnedServer.inferd(repository, args.server_core, *extra)
 
     def start(module: list[str]) -> Callable[[], PinnedServer]:
         return lambda: PinnedServer(module, args.server_core)
 
-    starts: dict[str, Callable[[], PinnedServer]] = {label: inferd}
+    starts: dict[str, Callable[[], PinnedServer]] = {}
+    for variant in args.inferd_args or DEFAULT_INFERD_VARIANTS:
+        extra = shlex.split(variant)
+        starts[f"inferd {' '.join(extra)}".strip()] = inferd(extra)
     for flavor in FLAVORS:
         starts[f"echo servicer, {flavor}"] = start(
             ["inferd.bench.peers.echo_servicer", "--flavor", flavor]
@@ -376,8 +381,9 @@ def main() -> None:
         help="also a window with one connection and one stream: latency at concurrency 1",
     )  # fmt: skip
     parser.add_argument(
-        "--inferd-args", default="", metavar="ARGS",
-        help="extra `inferd serve` arguments, one string: --inferd-args='--frontends 2'",
+        "--inferd-args", action="append", metavar="ARGS",
+        help="one inferd row per use, its extra `inferd serve` arguments as one string: "
+        "--inferd-args='--frontends 2' (default: both gRPC fronts, asyncio and threads)",
     )  # fmt: skip
     parser.add_argument("--mlserver", action="store_true", help="also MLServer (builds its venv)")
     parser.add_argument("--json", type=Path, help="write every window's raw numbers here")

@@ -242,7 +242,9 @@ class BatchingExecutor:
             finally:
                 with self._changed:
                     self._busy[index] = False
-                    if self._jobs:  # queued meanwhile: its instance thread slept on it
+                    if self._closed:  # its instance thread waits to release the instance
+                        self._changed.notify_all()
+                    elif self._jobs:  # queued meanwhile: its instance thread slept on it
                         self._changed.notify()
         return future
 
@@ -385,6 +387,8 @@ class BatchingExecutor:
                 timeout = None if schedule.wake_at is None else schedule.wake_at - self._clock()
                 if timeout is None or timeout > 0:
                     self._changed.wait(timeout)
+            while self._busy[index]:  # closing: a submitting thread still runs on it
+                self._changed.wait()
             return None
 
     def _keep_time(self) -> None:

@@ -48,6 +48,8 @@ class RecordingInstance(BackendInstance):
             self.gate.set()
         self.calls: list[dict[str, np.ndarray]] = []
         self.output_names: list[tuple[str, ...]] = []
+        self.threads: list[str] = []  # the thread each run ran on
+        self.closed_during_run = False
         self.cancelled = threading.Event()
         self.closed = threading.Event()
         # Shared by instances whose runs a test counts together.
@@ -62,9 +64,11 @@ class RecordingInstance(BackendInstance):
         with self.entered:
             self.calls.append({name: np.array(array, copy=True) for name, array in inputs.items()})
             self.output_names.append(tuple(output_names))
+            self.threads.append(threading.current_thread().name)
             self.entered.notify_all()
         if not self.gate.wait(WAIT_S):
             raise RuntimeError("the test never opened the gate")
+        self.closed_during_run |= self.closed.is_set()
         if self.cancelled.is_set():
             raise RuntimeError("run aborted")
         data = inputs["INPUT0"]
@@ -740,3 +744,71 @@ def test_statistics_count_rows_requests_and_batches() -> None:
     assert [(b.batch_size, b.compute_infer.count) for b in snapshot.batch_stats] == [(2, 1), (6, 1)]
     assert snapshot.pending_requests == 0
     assert snapshot.last_inference_ms > 0
+
+
+# --- submit: a caller on its own thread (the threads front) -------------------------------
+
+
+def _submit(executor: BatchingExecutor, inputs: Mapping[str, np.ndarray]) -> Any:
+    pending = PendingRequest(
+        key=0, rows=inputs["INPUT0"].shape[0], signature=signature(inputs, True), arrival=0.0
+    )
+    return executor.submit(inputs, ("OUTPUT0",), pending)
+
+
+def _on_thread(name: str, function: Callable[[], T]) -> tuple[threading.Thread, list[T]]:
+    result: list[T] = []
+    thread = threading.Thread(target=lambda: result.append(function()), name=name)
+    thread.start()
+    return thread, result
+
+
+def test_submit_runs_the_batch_on_the_submitting_thread_when_an_instance_is_free() -> None:
+    instance = RecordingInstance()
+    with _executor([instance]) as (executor, statistics):
+        thread, futures = _on_thread("caller", lambda: _submit(executor, _inputs(1.0)))
+        thread.join(WAIT_S)
+        assert futures[0].result(WAIT_S)["OUTPUT0"][0, 0] == 3.0
+    assert instance.threads == ["caller"]
+    assert statistics.snapshot().success.count == 1
+
+
+def test_a_submission_queued_behind_a_callers_run_goes_to_the_instance_thread() -> None:
+    instance = RecordingInstance(gated=True)
+    with _executor([instance]) as (executor, statistics):
+        first, first_future = _on_thread("first", lambda: _submit(executor, _inputs(1.0)))
+        instance.wait_calls(1)  # "first" runs its batch itself and waits at the gate
+        second = _submit(executor, _inputs(2.0))  # no free instance: queued
+        assert statistics.snapshot().pending_requests == 1
+        instance.gate.set()
+        first.join(WAIT_S)
+        assert first_future[0].result(WAIT_S)["OUTPUT0"][0, 0] == 3.0
+        assert second.result(WAIT_S)["OUTPUT0"][0, 0] == 5.0
+    assert instance.threads == ["first", f"inferd-{LABEL}-0"]
+
+
+def test_cancelling_a_queued_submission_removes_it() -> None:
+    instance = RecordingInstance(gated=True)
+    with _executor([instance]) as (executor, statistics):
+        first, _ = _on_thread("first", lambda: _submit(executor, _inputs(1.0)))
+        instance.wait_calls(1)
+        queued = _submit(executor, _inputs(2.0))
+        assert queued.cancel()
+        snapshot = statistics.snapshot()
+        assert snapshot.pending_requests == 0
+        assert snapshot.failures[FailureReason.CANCELED] == 1
+        instance.gate.set()
+        first.join(WAIT_S)
+    assert instance.markers() == [[1.0]]
+
+
+def test_closing_waits_for_a_callers_run_before_releasing_the_instance() -> None:
+    instance = RecordingInstance(gated=True)
+    with _executor([instance]) as (executor, _):
+        running, futures = _on_thread("caller", lambda: _submit(executor, _inputs(1.0)))
+        instance.wait_calls(1)
+        executor.close()  # aborts the run (the gate opens), then releases the instance
+        running.join(WAIT_S)
+        with pytest.raises(EngineError):
+            futures[0].result(WAIT_S)
+    assert instance.closed.is_set() and not instance.closed_during_run
