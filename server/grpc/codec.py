@@ -22,6 +22,7 @@ from inferd.engines import (
 )
 from inferd.engines.client_memory.system import RequestRegions
 from inferd.engines.options import (
+    DEFAULT_OPTIONS,
     EMPTY_FINAL_RESPONSE,
     PRIORITY,
     SEQUENCE_END,
@@ -101,6 +102,8 @@ def _typed_array(
 
 def _options(request: pb.ModelInferRequest) -> RequestOptions:
     """The request's parameters, checked as Triton checks them, typed once."""
+    if not request.parameters:
+        return DEFAULT_OPTIONS
     parameters: dict[str, ParameterValue] = {}
     for key, parameter in request.parameters.items():
         choice = parameter.WhichOneof("parameter_choice")
@@ -152,6 +155,8 @@ _ShmTensor: TypeAlias = (
 def _shared_memory_parameters(tensor: _ShmTensor) -> tuple[str, int, int] | None:
     """(region, offset, byte_size) when the tensor uses shared memory, as Triton parses them."""
     parameters = tensor.parameters
+    if not parameters:  # most tensors: no lookups at all
+        return None
     region: str | None = None
     if "shared_memory_region" in parameters:
         parameter = parameters["shared_memory_region"]
