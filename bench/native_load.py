@@ -296,7 +296,7 @@ def measure_server(
 
 
 # The inferd rows when --inferd-args is not given: each gRPC front, one process.
-DEFAULT_INFERD_VARIANTS = ("", "--grpc-front threads")
+DEFAULT_INFERD_VARIANTS = ("--grpc-front threads", "--grpc-front asyncio")
 
 
 def servers(args: argparse.Namespace) -> dict[str, Callable[[], PinnedServer]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
 from collections import defaultdict
 
 import numpy as np
@@ -29,6 +30,10 @@ SETTINGS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--inferd-args", default="", metavar="ARGS",
+        help="extra `inferd serve` arguments for every setting (\"--grpc-front threads\")",
+    )  # fmt: skip
     add_pinning_arguments(parser, rounds=True)
     args = parser.parse_args()
 
@@ -48,7 +53,10 @@ def main() -> None:
     try:
         for _ in range(args.rounds):
             for name, flags in SETTINGS.items():
-                server = PinnedServer.inferd(repository, args.server_core, *flags, env=environment)
+                server = PinnedServer.inferd(
+                    repository, args.server_core, *flags, *shlex.split(args.inferd_args),
+                    env=environment,
+                )  # fmt: skip
                 try:
                     measurement = asyncio.run(
                         closed_loop(

@@ -100,13 +100,13 @@ class ServerConfig:
         ),
     )
     grpc_front: str = field(
-        default="asyncio",
+        default="auto",
         metadata=option(
             "--grpc-front",
-            "the gRPC server: 'asyncio' (grpc.aio, one event loop) or 'threads' (grpc's "
-            "synchronous server: ModelInfer runs on its handler threads, cheaper per small "
-            "request; one process only) (%(default)s)",
-            choices=("asyncio", "threads"),
+            "the gRPC server: 'threads' (grpc's synchronous server, ModelInfer on its "
+            "handler threads; one process only), 'asyncio' (grpc.aio on the event loop), "
+            "or 'auto': threads in one process, asyncio in front processes (%(default)s)",
+            choices=("auto", "threads", "asyncio"),
         ),
     )
     grpc_threads: int = field(
@@ -243,6 +243,11 @@ class ServerConfig:
             choices=("debug", "info", "warning", "error"),
         ),
     )
+
+    @property
+    def threads_front(self) -> bool:
+        """Whether this process's gRPC front is the threads front (``--grpc-front``)."""
+        return self.grpc_front == "threads" or (self.grpc_front == "auto" and self.frontends == 1)
 
     def addresses(self) -> list[str]:
         addresses = []

@@ -58,8 +58,8 @@ def _grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
 
 
 class GrpcFront:
-    """``config.grpc_front`` picks the server: grpc.aio on this event loop, or grpc's
-    synchronous server whose handler threads run ModelInfer (``threaded.py``)."""
+    """``config.threads_front`` picks the server: grpc's synchronous server whose handler
+    threads run ModelInfer (``threaded.py``), or grpc.aio on this event loop."""
 
     def __init__(
         self,
@@ -83,7 +83,7 @@ class GrpcFront:
     async def start(self) -> None:
         """Listen (health NOT_SERVING until the engine is ready); raises OSError
         naming the address when one cannot be bound."""
-        if self.config.grpc_front == "threads":
+        if self.config.threads_front:
             server: grpc.Server | grpc.aio.Server = self._threads_server()
         else:
             server = self._asyncio_server()

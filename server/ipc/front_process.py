@@ -50,6 +50,9 @@ def front_config(config: ServerConfig, port: int) -> ServerConfig:
         if config.model_control_mode == "poll"
         else config.model_control_mode,
         load_models=(),
+        # The threads front runs requests on the engine in its own process: fronts take
+        # the asyncio one (check_config refuses an explicit threads front).
+        grpc_front="asyncio",
     )
 
 

@@ -306,7 +306,7 @@ def test_help_shows_the_config_defaults(capsys: pytest.CaptureFixture[str]) -> N
         "--grpc-port": f"-1 disables TCP ({defaults.grpc_port})",
         "--max-message-size": f"either way ({defaults.max_message_bytes})",
         "--max-concurrent-rpcs": f"RESOURCE_EXHAUSTED ({defaults.max_concurrent_rpcs})",
-        "--grpc-front": f"one process only) ({defaults.grpc_front})",
+        "--grpc-front": f"asyncio in front processes ({defaults.grpc_front})",
         "--grpc-threads": f"wait their turn ({defaults.grpc_threads})",
         "--grace-period": f"after SIGTERM ({defaults.grace_period_s})",
         "--metrics-port": f"picks a free port ({defaults.metrics_port})",

@@ -4,7 +4,8 @@ mid-run, and every outcome classified.
 Each request either completes or is refused with UNAVAILABLE (retryable: the server did
 no work for it), never CANCELLED or anything else. The calls gRPC core had received when
 the drain began run (the server logs how many were still waiting to be taken), and so
-do those it had already taken. One process, ``--frontends 2`` and the threads front.
+do those it had already taken. One process (the threads front), ``--frontends 2`` and
+the asyncio front in one process.
 
 Counts, not timing: the signal goes after a number of answers, the loop ends when the
 server has exited, and every wait is bounded so that a broken drain fails the test.
@@ -75,8 +76,8 @@ async def _drive(server: ServerProcess) -> Counter[tuple[str, str]]:
 
 @pytest.mark.parametrize(
     "mode",
-    [(), ("--frontends", "2"), ("--grpc-front", "threads")],
-    ids=["one-process", "frontends-2", "threads-front"],
+    [(), ("--frontends", "2"), ("--grpc-front", "asyncio")],
+    ids=["one-process", "frontends-2", "asyncio-front"],
 )
 def test_sigterm_with_64_in_flight_completes_or_refuses_every_request(
     demo_repository: Path, mode: tuple[str, ...]

@@ -35,7 +35,8 @@ from opentelemetry.trace import SpanKind
 from tritonclient.utils import InferenceServerException
 
 from inferd.clients import AsyncClient, Client
-from inferd.engines import InferRequest, InferResponse, InProcessEngineClient
+from inferd.engines import Engine, InferRequest, InferResponse
+from inferd.engines.model import Submitted
 from inferd.protos import grpc_service_pb2 as pb
 from inferd.protos import grpc_service_pb2_grpc as pb_grpc
 from inferd.server.app import InferenceServer
@@ -647,13 +648,18 @@ def test_tracing_off_answers_trace_setting_off_and_hands_the_engine_no_trace(
     repository: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     given: list[InferRequest] = []  # what the engine was handed (the server runs here)
-    infer = InProcessEngineClient.infer
+    infer, submit = Engine.infer, Engine.submit
 
-    async def recording(self: InProcessEngineClient, request: InferRequest) -> InferResponse:
+    async def recording(self: Engine, request: InferRequest) -> InferResponse:
         given.append(request)
         return await infer(self, request)
 
-    monkeypatch.setattr(InProcessEngineClient, "infer", recording)
+    def recording_submit(self: Engine, request: InferRequest) -> Submitted | None:
+        given.append(request)  # the threads front's way in
+        return submit(self, request)
+
+    monkeypatch.setattr(Engine, "infer", recording)
+    monkeypatch.setattr(Engine, "submit", recording_submit)
     server = InProcessServer(repository, tracing=None)
     try:
         server.client.infer(

@@ -34,12 +34,12 @@ INT32_BYTES = 16 * 4  # one row of `simple`'s INT32 [16] tensors
 
 # Every test over a server runs against one process and against two front processes,
 # whose registrations live in the engine process and are mirrored by each front.
-# One process (both gRPC fronts: the threads front hands shared-memory requests to its
-# event loop) and front processes.
+# One process, with each gRPC front (the threads front, its default, hands shared-memory
+# requests to its event loop), and front processes (asyncio fronts).
 SERVER_MODES = {
     "frontends-1": ("--frontends", "1"),
     "frontends-2": ("--frontends", "2"),
-    "threads-front": ("--grpc-front", "threads"),
+    "asyncio-front": ("--grpc-front", "asyncio"),
 }
 
 

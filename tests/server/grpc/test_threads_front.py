@@ -1,8 +1,9 @@
-"""The threads front (``--grpc-front threads``) over real loopback, with Triton's client.
+"""The threads front (``--grpc-front threads``, the one-process default) over real
+loopback, with Triton's client: what is particular to it.
 
 ModelInfer runs on grpc's handler threads; every other RPC goes through the bridge to
-the asyncio servicers. The shared-memory suite (tests/engines/client_memory) and the
-drain under load (tests/server/test_drain_under_load.py) also run against this front.
+the asyncio servicers. The rest of the suite's server processes run this front too; the
+shared-memory suite and the drain under load also run the asyncio front.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from tritonclient.utils import InferenceServerException
 
 from inferd.protos import grpc_service_pb2 as pb
 from inferd.protos import grpc_service_pb2_grpc as pb_grpc
-from tests.support.server_process import ServerProcess, serve
+from tests.support.server_process import ServerProcess, probe_env, serve
+from tests.support.waiting import wait_for_log
 
 TIMEOUT_S = 60.0
 
@@ -139,20 +141,28 @@ def _slow(request_id: str, iterations: int) -> pb.ModelInferRequest:
 
 
 def test_a_deadline_is_kept_and_cancelled_calls_leave_the_server_serving(
-    server: ServerProcess,
+    test_repository: Path, tmp_path: Path
 ) -> None:
-    with grpc.insecure_channel(server.address) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        # The model holds its one instance for ~0.8 s; queued behind it, a request with a
-        # 0.2 s deadline expires in the queue.
-        running = stub.ModelInfer.future(_slow("long", 10_000), timeout=TIMEOUT_S)
-        with pytest.raises(grpc.RpcError) as late:
-            stub.ModelInfer(_slow("short", 1), timeout=0.2)
-        assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        cancelled = stub.ModelInfer.future(_slow("dropped", 1), timeout=TIMEOUT_S)
-        cancelled.cancel()
-        assert running.result(timeout=TIMEOUT_S).id == "long"
-        assert stub.ModelInfer(_slow("after", 1), timeout=TIMEOUT_S).id == "after"
+    # The probe logs each ModelInfer as its handler starts: "long" then holds the model's
+    # one instance (over a second: 20,000 iterations at ~80 us), so requests sent after
+    # that wait in the queue, and one with a 0.2 s deadline expires there.
+    server = ServerProcess(
+        test_repository, "--grpc-front", "threads", env=probe_env(tmp_path)
+    ).wait_ready()
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            running = stub.ModelInfer.future(_slow("long", 20_000), timeout=TIMEOUT_S)
+            wait_for_log(server, "probe: ModelInfer long started", TIMEOUT_S)
+            with pytest.raises(grpc.RpcError) as late:
+                stub.ModelInfer(_slow("short", 1), timeout=0.2)
+            assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            cancelled = stub.ModelInfer.future(_slow("dropped", 1), timeout=TIMEOUT_S)
+            cancelled.cancel()
+            assert running.result(timeout=TIMEOUT_S).id == "long"
+            assert stub.ModelInfer(_slow("after", 1), timeout=TIMEOUT_S).id == "after"
+    finally:
+        server.kill()
 
 
 def test_front_processes_take_the_asyncio_front(
