@@ -26,6 +26,8 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 _END = object()  # a stream's end, on either side
 _RESPONSES_WAITING = 64  # responses a slow reader leaves queued before the stream waits
+_REQUESTS_WAITING = 64  # requests read ahead of the loop before the reader waits
+_CHECK_S = 1.0  # how often a waiting reader looks whether its call has ended
 
 
 class Aborted(grpc.aio.AbortError):
@@ -109,14 +111,21 @@ class LoopBridge:
         finally:
             future.cancel()  # the client stopped reading: the loop's side stops too
 
-    def requests(self, requests: Iterator[Any]) -> AsyncIterator[Any]:
+    def requests(
+        self, requests: Iterator[Any], context: grpc.ServicerContext
+    ) -> AsyncIterator[Any]:
         """A synchronous request iterator as an async one on the loop, read by a
-        thread of its own."""
+        thread of its own, at most ``_REQUESTS_WAITING`` ahead of the loop (then the
+        reader waits, and HTTP/2 flow control holds the client back)."""
         arrived: asyncio.Queue[Any] = asyncio.Queue()
+        room = threading.Semaphore(_REQUESTS_WAITING)
 
         def read() -> None:
             try:
                 for request in requests:
+                    while not room.acquire(timeout=_CHECK_S):
+                        if not context.is_active():  # the call ended while we waited
+                            return
                     self.loop.call_soon_threadsafe(arrived.put_nowait, request)
             except Exception:  # the call ended (cancelled): the stream just ends
                 pass
@@ -127,6 +136,7 @@ class LoopBridge:
 
         async def iterate() -> AsyncIterator[Any]:
             while (request := await arrived.get()) is not _END:
+                room.release()
                 yield request
 
         return iterate()
@@ -156,7 +166,7 @@ def _bridge_method(
     streams_in, streams_out = descriptor.client_streaming, descriptor.server_streaming
 
     def handle(request: Any, context: grpc.ServicerContext) -> Any:
-        arguments = bridge.requests(request) if streams_in else request
+        arguments = bridge.requests(request, context) if streams_in else request
         if streams_out:
             return bridge.stream(method(arguments, LoopContext(context)), context)
         try:
