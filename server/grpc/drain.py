@@ -101,10 +101,12 @@ class DrainGate:
     def admits(self) -> bool:
         """For a refusable call taken while draining: does it run? Core hands calls
         over in the order they arrived, so the first ones taken are those it held."""
-        if self._admit > 0:
-            self._admit -= 1
-            return True
-        return False
+        with self._lock:
+            self._taken += 1
+            if self._admit > 0:
+                self._admit -= 1
+                return True
+            return False
 
     async def refuse(self, context: grpc.aio.ServicerContext) -> NoReturn:
         with contextlib.suppress(TimeoutError):
