@@ -105,13 +105,12 @@ class ResponseOrder:
 def _resolve(future: AnswerFuture, result: Outputs | BaseException) -> None:
     if future.done():  # the caller went away (cancelled) while the model ran
         return
-    try:
+    # A concurrent future may be cancelled by another thread since the check.
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
         if isinstance(result, BaseException):
             future.set_exception(result)
         else:
             future.set_result(result)
-    except concurrent.futures.InvalidStateError:
-        pass  # a concurrent future, cancelled by another thread since the check
 
 
 class BatchingExecutor:
